@@ -1,0 +1,77 @@
+"""``distill``: the command line. Bad input is one line on stderr and exit code 2 (``--debug`` for a traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+
+from ensemble.errors import DistillError
+
+EXIT_USER_ERROR = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config (default: the digits demo, configs/digits.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set ensemble.members=5 (repeatable)")
+    parser.add_argument("--output-dir", help="where checkpoints and results go (config: output_dir)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (config: tracking.uri)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    ensemble = commands.add_parser("ensemble", help="train the ensemble members and the generalist on Ray")
+    _common(ensemble)
+    ensemble.add_argument("--no-progress", action="store_true", help="no live progress view")
+    config = commands.add_parser("config", help="inspect configs")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    _common(config_commands.add_parser("show", help="print the resolved config"))
+    return parser
+
+
+def _resolve(args):
+    from .config import load_config
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    return load_config(args.config, overrides)
+
+
+def _raise_interrupt(signum, frame):
+    # SIGTERM (ray job stop, a scheduler) ends runs as KILLED, like Ctrl-C, instead of leaving them RUNNING.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        config = _resolve(args)
+        if args.command == "config":
+            from .config import dump_config
+
+            print(dump_config(config), end="")
+        elif args.command == "ensemble":
+            from .pipeline import run_ensemble
+
+            run_ensemble(config, show_progress=not args.no_progress)
+    except DistillError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

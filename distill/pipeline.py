@@ -1,0 +1,46 @@
+"""The pipeline behind the CLI: each stage runs under one MLflow parent run and merges into ``results.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ensemble.checkpoint import write_json
+from ensemble.stage import load_data, run_ensemble_stage
+from ensemble.tracking import Tracker
+
+from .config import Config, config_hash, dump_config
+from .report import print_ensemble_summary
+
+
+def update_results(path: Path, sections: dict) -> dict:
+    """Merge this invocation's sections into ``results.json``, keeping other stages' sections."""
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.update(sections)
+    write_json(path, results)
+    return results
+
+
+def run_ensemble(config: Config, show_progress: bool = True) -> dict:
+    """``distill ensemble``: train the members and the generalist, score them, write ``results.json``."""
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(dump_config(config))
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    tags = {"stage": "ensemble", "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}
+    with tracker.run("ensemble", tags=tags) as parent_id:
+        tracker.log_params(parent_id, config.model_dump(mode="json"))
+        tracker.log_artifact(parent_id, output_dir / "config.yaml")
+        data = load_data(config)
+        _, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
+        ens = sections["ensemble"]
+        metrics = {f"ensemble_{k}": ens[k] for k in ens if k.startswith("test_")}
+        if "generalist" in sections:
+            metrics["generalist_test_accuracy"] = sections["generalist"]["test_accuracy"]
+        tracker.log_metrics(parent_id, metrics)
+        sections["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                              "parent_run_id": parent_id}
+        results = update_results(output_dir / "results.json", sections)
+        tracker.log_artifact(parent_id, output_dir / "results.json")
+    print_ensemble_summary(results)
+    return results

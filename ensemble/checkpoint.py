@@ -1,0 +1,80 @@
+"""Checkpoints written atomically with a SHA-256 sidecar; a corrupt or truncated file is detected and skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_verified(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, record its checksum, then rename: a crash never leaves a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    checksum = _sha256(tmp)
+    os.replace(tmp, path)
+    path.with_suffix(path.suffix + ".sha256").write_text(checksum)
+
+
+def load_verified(path: Path) -> Any | None:
+    """Load with ``weights_only=True`` if the checksum matches; ``None`` when the file is missing or corrupt."""
+    sidecar = path.with_suffix(path.suffix + ".sha256")
+    if not path.is_file() or not sidecar.is_file():
+        return None
+    if _sha256(path) != sidecar.read_text().strip():
+        log.warning("checkpoint %s fails its checksum; ignoring it", path)
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - an unreadable file is treated like a corrupt one
+        log.warning("checkpoint %s cannot be read (%s); ignoring it", path, err)
+        return None
+
+
+class CheckpointDir:
+    """``epoch_0003.pt`` files (plus sidecars) for one model; keeps the newest ``keep`` of them."""
+
+    def __init__(self, root: Path, keep: int = 2):
+        self.root = Path(root)
+        self.keep = keep
+
+    def _epochs(self) -> list[Path]:
+        return sorted(self.root.glob("epoch_*.pt"))
+
+    def save(self, epoch: int, state: dict) -> Path:
+        path = self.root / f"epoch_{epoch:04d}.pt"
+        save_verified(state, path)
+        for old in self._epochs()[: -self.keep]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".pt.sha256").unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> dict | None:
+        """The newest checkpoint that passes its checksum; older ones are the fallback for a corrupt newest."""
+        for path in reversed(self._epochs()):
+            state = load_verified(path)
+            if state is not None:
+                return state
+        return None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,207 @@
+"""The ensemble stage's part of the one config schema, and the YAML + ``--set`` loader.
+
+Later stages extend :class:`StageConfig` with their own sections (``specialists``, ``student``);
+every section forbids unknown keys so a typo is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: str = "digits"
+    root: str = "../shared/data"
+    download: bool = False
+    val_size: float = Field(0.1, gt=0, lt=1, description="fraction of the training set held out for validation")
+    train_limit: int | None = Field(None, gt=0, description="keep only the first N training examples (quick runs)")
+    jitter: int = Field(0, ge=0, description="random translation of inputs by up to this many pixels (train only)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from .data import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+        return name
+
+
+class ModelConfig(Section):
+    name: str = "mlp"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_model(self) -> "ModelConfig":
+        from .models import check_model_params
+
+        check_model_params(self.name, self.params)
+        return self
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SchedulerConfig(Section):
+    name: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = Field(10, gt=0, description="epochs between decays (step)")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step)")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(2048, gt=0)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="stop after this many epochs without a better validation accuracy"
+    )
+
+
+class ResourcesConfig(Section):
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor; also torch's thread count")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions pack several models on one GPU")
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_or_fraction(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError("must be a fraction below 1 or a whole number of GPUs")
+        return value
+
+
+class EnsembleConfig(Section):
+    members: int = Field(3, ge=1)
+    mean: Literal["arithmetic", "geometric"] = "arithmetic"
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", params={"hidden": [128, 128]}))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+
+class GeneralistConfig(Section):
+    enabled: bool = True
+    model: ModelConfig | None = Field(None, description="defaults to ensemble.model")
+    train: TrainConfig | None = Field(None, description="defaults to ensemble.train")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="cluster address; RAY_ADDRESS wins; none starts a local Ray")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of a local Ray (default: all cores)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs of a local Ray (default: detected)")
+
+
+class TrackingConfig(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; a relative sqlite path is resolved")
+    experiment: str = "distill"
+
+
+class StageConfig(Section):
+    seed: int = 0
+    output_dir: str = "runs/digits"
+    data: DataConfig = Field(default_factory=DataConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    generalist: GeneralistConfig = Field(default_factory=GeneralistConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def generalist_model(self) -> ModelConfig:
+        return self.generalist.model or self.ensemble.model
+
+    def generalist_train(self) -> TrainConfig:
+        return self.generalist.train or self.ensemble.train
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-able value (configs, split descriptions)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], value parsed as YAML, so numbers, booleans and lists work)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = tree
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in e and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        parts.append(f"{key}: {msg}")
+    return "; ".join(parts)
+
+
+def validate_config(schema: type[ConfigT], tree: dict, source: str = "config") -> ConfigT:
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe_validation_error(err)}") from None
+
+
+def load_config(schema: type[ConfigT], path: str | Path | None = None, overrides: list[str] = ()) -> ConfigT:
+    """Read YAML (or start from the schema defaults), apply ``--set`` overrides, validate."""
+    tree: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    apply_overrides(tree, list(overrides))
+    return validate_config(schema, tree, source)
+
+
+def dump_config(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

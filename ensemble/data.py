@@ -1,0 +1,196 @@
+"""Datasets by name, turned into tensors once, split with a seed, and shared through the Ray object store."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+
+@dataclass
+class Split:
+    """One split held in memory: inputs ``x`` (N, C, H, W) float32 and labels ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise DataError(f"inputs and labels differ in length ({len(self.x)} vs {len(self.y)})")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(self.x.contiguous().numpy().tobytes())
+        digest.update(self.y.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+@dataclass
+class DatasetSplits:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def split(self, name: str) -> Split:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def fingerprints(self) -> dict[str, str]:
+        return {name: self.split(name).fingerprint() for name in ("train", "val", "test")}
+
+
+def check_split(split: Split, num_classes: int, where: str) -> None:
+    """Labels in range and finite inputs: bad data fails here, before any actor starts."""
+    if split.y.dtype != torch.int64:
+        raise DataError(f"{where}: labels must be integers, got {split.y.dtype}")
+    if len(split) and (int(split.y.min()) < 0 or int(split.y.max()) >= num_classes):
+        raise DataError(
+            f"{where}: labels must lie in [0, {num_classes - 1}], found {int(split.y.min())}..{int(split.y.max())}"
+        )
+    if not torch.isfinite(split.x).all():
+        raise DataError(f"{where}: inputs contain NaN or infinite values")
+
+
+# --- loaders: each returns (train, test, class_names); the validation split is carved from train ---
+
+
+def _digits(root: str, download: bool):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    # A fixed test split, independent of the run's seed, so every run is scored on the same images.
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(20150309))
+    n_test = len(y) // 5
+    test, train = order[:n_test], order[n_test:]
+    return Split(x[train], y[train]), Split(x[test], y[test]), [str(c) for c in range(10)]
+
+
+def _torchvision(dataset_cls_name: str, channels_last: bool):
+    def load(root: str, download: bool):
+        import torchvision
+
+        dataset_cls = getattr(torchvision.datasets, dataset_cls_name)
+        splits = []
+        for train in (True, False):
+            try:
+                ds = dataset_cls(root=root, train=train, download=download)
+            except RuntimeError as err:
+                where = Path(root).resolve() / getattr(dataset_cls, "__name__", dataset_cls_name)
+                raise DataError(
+                    f"data.root: {dataset_cls_name} files not found under {where} "
+                    f"({str(err).splitlines()[0]}); set data.download: true or point data.root at them"
+                ) from None
+            data = torch.as_tensor(np.asarray(ds.data))
+            x = data.permute(0, 3, 1, 2) if channels_last else data.unsqueeze(1)
+            splits.append(Split(x.float().div_(255.0).contiguous(), torch.as_tensor(np.asarray(ds.targets)).long()))
+        return splits[0], splits[1], list(getattr(ds, "classes", []))
+
+    return load
+
+
+DATASETS: dict[str, Callable] = {
+    "digits": _digits,
+    "mnist": _torchvision("MNIST", channels_last=False),
+    "fashion_mnist": _torchvision("FashionMNIST", channels_last=False),
+    "kmnist": _torchvision("KMNIST", channels_last=False),
+    "cifar10": _torchvision("CIFAR10", channels_last=True),
+    "cifar100": _torchvision("CIFAR100", channels_last=True),
+}
+
+
+def load_dataset(
+    name: str,
+    root: str = "../shared/data",
+    download: bool = False,
+    val_size: float = 0.1,
+    seed: int = 0,
+    train_limit: int | None = None,
+) -> DatasetSplits:
+    """Load a dataset by name and carve a seeded validation split from its training set."""
+    if name not in DATASETS:
+        raise DataError(f"data.name: unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    full_train, test, class_names = DATASETS[name](root, download)
+    order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(val_size * len(full_train))))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if train_limit is not None:
+        train_idx = train_idx[:train_limit]
+    num_classes = int(full_train.y.max()) + 1
+    splits = DatasetSplits(
+        name=name,
+        train=Split(full_train.x[train_idx], full_train.y[train_idx]),
+        val=Split(full_train.x[val_idx], full_train.y[val_idx]),
+        test=test,
+        num_classes=num_classes,
+        class_names=class_names or [str(c) for c in range(num_classes)],
+    )
+    for split_name in ("train", "val", "test"):
+        check_split(splits.split(split_name), num_classes, f"{name} {split_name}")
+    return splits
+
+
+def materialize(dataset, where: str = "dataset") -> Split:
+    """Turn any map-style dataset of ``(tensor, label)`` pairs (or a :class:`Split`) into one in-memory Split."""
+    if isinstance(dataset, Split):
+        return dataset
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and torch.is_tensor(dataset[0]):
+        x, y = dataset
+        return Split(torch.as_tensor(x).float(), torch.as_tensor(y).long())
+    try:
+        items = [dataset[i] for i in range(len(dataset))]
+    except Exception as err:  # noqa: BLE001 - any failure here means the dataset is not map-style
+        raise DataError(f"{where}: expected a map-style dataset of (tensor, label) pairs ({err})") from None
+    if not items:
+        raise DataError(f"{where}: is empty")
+    x = torch.stack([torch.as_tensor(item[0]).float() for item in items])
+    y = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
+    return Split(x, y)
+
+
+def to_numpy(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy arrays travel through the Ray object store without a copy and are shared by actors on a node."""
+    return split.x.numpy(), split.y.numpy()
+
+
+def from_numpy(arrays: tuple[np.ndarray, np.ndarray]) -> Split:
+    with warnings.catch_warnings():
+        # Object-store arrays are read-only; the trainer only ever gathers from them.
+        warnings.simplefilter("ignore", UserWarning)
+        return Split(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]))
+
+
+def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image by a random (dy, dx) in [-max_shift, max_shift]², filling with zeros.
+
+    The paper's MNIST teacher saw inputs "jittered by up to two pixels in any direction".
+    """
+    if max_shift <= 0:
+        return x
+    if x.dim() != 4:
+        raise DataError(f"data.jitter needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
+    n, _, height, width = x.shape
+    shifts = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).to(x.device)
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    rows = torch.arange(height, device=x.device)[None, :] + shifts[0][:, None]  # (N, H)
+    cols = torch.arange(width, device=x.device)[None, :] + shifts[1][:, None]  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    # Advanced indexing puts the indexed dims first: (N, H, W, C) -> back to (N, C, H, W).
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

@@ -1,0 +1,132 @@
+"""Model registry: factories by name, ``factory(input_shape, num_classes, **params) -> nn.Module``.
+
+Users add their own with ``@register_model("name")``. A module (or submodule) may define ``constrain()``;
+the trainer calls it after every optimiser step (used for max-norm weight constraints).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, ModelError
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def decorator(factory: Callable[..., nn.Module]):
+        MODELS[name] = factory
+        return factory
+
+    return decorator
+
+
+def check_model_params(name: str, params: dict) -> None:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    signature = inspect.signature(MODELS[name])
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    accepted = [p for p in signature.parameters if p not in ("input_shape", "num_classes")]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {name!r} has no parameter {unknown[0]!r}; it accepts {accepted}")
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, params: dict | None = None) -> nn.Module:
+    try:
+        check_model_params(name, params or {})
+        return MODELS[name](tuple(input_shape), num_classes, **(params or {}))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model {name!r}: {err}") from None
+
+
+def check_output_width(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, where: str) -> None:
+    """Fail before training if the model does not map one input to ``num_classes`` logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((2, *input_shape)))
+    except Exception as err:  # noqa: BLE001 - any failure means the model does not fit the data
+        raise ModelError(f"{where}: the model fails on inputs of shape {tuple(input_shape)}: {err}") from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != num_classes:
+        raise ModelError(
+            f"{where}: the model outputs shape {tuple(out.shape[1:])} per example, expected ({num_classes},) "
+            f"for {num_classes} classes"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class MaxNormLinear(nn.Linear):
+    """A linear layer whose incoming weight vector per unit is rescaled to norm ≤ ``max_norm`` after each step."""
+
+    def __init__(self, in_features: int, out_features: int, max_norm: float | None = None):
+        super().__init__(in_features, out_features)
+        self.max_norm = max_norm
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        if self.max_norm is not None:
+            self.weight.copy_(torch.renorm(self.weight, p=2, dim=0, maxnorm=self.max_norm))
+
+
+@register_model("mlp")
+def mlp(
+    input_shape,
+    num_classes,
+    hidden: list[int] = (1200, 1200),
+    dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    max_norm: float | None = None,
+) -> nn.Module:
+    """Fully connected ReLU net, as in the paper's MNIST experiments (dropout and max-norm optional)."""
+    if not 0 <= dropout < 1 or not 0 <= input_dropout < 1:
+        raise ValueError("dropout and input_dropout must lie in [0, 1)")
+    layers: list[nn.Module] = [nn.Flatten()]
+    if input_dropout:
+        layers.append(nn.Dropout(input_dropout))
+    width = math.prod(input_shape)
+    for units in hidden:
+        layers += [MaxNormLinear(width, units, max_norm), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = units
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+@register_model("cnn")
+def cnn(input_shape, num_classes, channels: list[int] = (32, 64), hidden: int = 128, dropout: float = 0.0) -> nn.Module:
+    """A small conv net: [conv3x3-ReLU-maxpool] per entry of ``channels``, then one hidden layer."""
+    in_channels, height, width = input_shape
+    layers: list[nn.Module] = []
+    for out_channels in channels:
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        in_channels, height, width = out_channels, height // 2, width // 2
+    layers += [nn.Flatten(), nn.Linear(in_channels * height * width, hidden), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden, num_classes))
+    return nn.Sequential(*layers)
+
+
+@register_model("resnet18")
+def resnet18(input_shape, num_classes) -> nn.Module:
+    """torchvision's ResNet-18 for small images: 3x3 stride-1 stem, no max-pool, any channel count."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model

@@ -1,0 +1,90 @@
+"""The ensemble stage driven by config: load the data, build the factories, fit an :class:`Ensemble`."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from .api import Ensemble
+from .config import StageConfig
+from .data import DatasetSplits, load_dataset
+from .models import build_model
+from .soft_targets import ensemble_probs
+from .tracking import Tracker
+
+
+def load_data(config: StageConfig) -> DatasetSplits:
+    data = config.data
+    return load_dataset(data.name, data.root, data.download, data.val_size, config.seed, data.train_limit)
+
+
+def run_ensemble_stage(
+    config: StageConfig,
+    data: DatasetSplits,
+    output_dir: Path,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+    show_progress: bool = True,
+) -> tuple[Ensemble, dict]:
+    """Train members and generalist; return the fitted ensemble and its ``results.json`` sections."""
+    shape, classes = data.input_shape, data.num_classes
+    member_model, generalist_model = config.ensemble.model, config.generalist_model()
+    ensemble = Ensemble(
+        partial(build_model, member_model.name, shape, classes, member_model.params),
+        n_members=config.ensemble.members,
+        generalist=(
+            partial(build_model, generalist_model.name, shape, classes, generalist_model.params)
+            if config.generalist.enabled
+            else None
+        ),
+        train=config.ensemble.train,
+        generalist_train=config.generalist_train(),
+        seed=config.seed,
+        jitter=config.data.jitter,
+        num_cpus=config.ensemble.resources.num_cpus,
+        num_gpus=config.ensemble.resources.num_gpus,
+        output_dir=output_dir / "ensemble",
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        run_params=config.model_dump(mode="json"),
+        ray_address=config.ray.address,
+        ray_num_cpus=config.ray.num_cpus,
+        ray_num_gpus=config.ray.num_gpus,
+        show_progress=show_progress,
+    )
+    ensemble.fit(data.train, data.val, data.test, num_classes=classes)
+    return ensemble, summarize(ensemble, data, config.ensemble.mean)
+
+
+def _model_row(result, run_id: str | None) -> dict:
+    m = result.metrics
+    return {
+        "name": result.name,
+        "test_accuracy": m["test_accuracy"],
+        "test_errors": m["test_errors"],
+        "val_accuracy": m["val_accuracy"],
+        "epochs_trained": m["epochs_trained"],
+        "best_epoch": m["best_epoch"],
+        "reused": result.reused,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "mlflow_run_id": run_id,
+    }
+
+
+def summarize(ensemble: Ensemble, data: DatasetSplits, mean: str) -> dict:
+    """Scores from the cached test logits: nothing is recomputed."""
+    y = data.test.y
+    members = [r for r in ensemble.results_ if r.role == "member"]
+    section: dict = {"members": [_model_row(r, ensemble.run_ids_.get(r.name)) for r in members], "mean": mean}
+    stacked = [r.logits["test"] for r in members]
+    for kind in ("arithmetic", "geometric"):
+        correct = int((ensemble_probs(stacked, 1.0, kind).argmax(dim=1) == y).sum())
+        section[f"test_accuracy_{kind}"] = correct / len(y)
+        section[f"test_errors_{kind}"] = len(y) - correct
+    section["test_accuracy"] = section[f"test_accuracy_{mean}"]
+    section["test_errors"] = section[f"test_errors_{mean}"]
+    results = {"ensemble": section}
+    generalist = [r for r in ensemble.results_ if r.role == "generalist"]
+    if generalist:
+        results["generalist"] = _model_row(generalist[0], ensemble.run_ids_.get("generalist"))
+    return results

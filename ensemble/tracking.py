@@ -1,0 +1,155 @@
+"""MLflow tracking through an explicit client: no global active run, so actors and drivers log the same way.
+
+The driver creates the parent run and one nested run per model (``mlflow.parentRunId`` tag); actors get
+the run id and a :class:`MetricsSink` and log their per-epoch metrics straight to the store (a SQLite
+file locally, an ``http://`` MLflow server on a cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import DistillError
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make a relative SQLite path or plain folder absolute so that every process (actors too) finds it."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _retry(call, *args, attempts: int = 6, **kwargs):
+    """SQLite takes one writer at a time; concurrent actors occasionally see 'database is locked'."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - mlflow wraps driver errors in several types
+            if attempt == attempts - 1 or "locked" not in str(err).lower():
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+class Tracker:
+    def __init__(self, uri: str = "sqlite:///mlflow.db", experiment: str = "distill"):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(self.uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
+        except Exception as err:  # noqa: BLE001 - connection, permission or schema problems
+            raise DistillError(f"tracking.uri: cannot use MLflow store {self.uri!r} ({str(err).splitlines()[0]})")
+
+    def _create_experiment(self, name: str) -> str:
+        artifact_location = None
+        if self.uri.startswith("sqlite:///"):
+            # Keep artifacts beside the database, wherever the process that creates the experiment runs.
+            artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # noqa: BLE001 - another process created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start_run(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> str:
+        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        run = _retry(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            _retry(self.client.log_batch, run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int | None = None) -> None:
+        log_metrics(self.client, run_id, metrics, step)
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        _retry(self.client.log_artifact, run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        _retry(self.client.log_text, run_id, text, artifact_file)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        _retry(self.client.log_figure, run_id, figure, artifact_file)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        _retry(self.client.set_terminated, run_id, status)
+
+    @contextmanager
+    def run(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> Iterator[str]:
+        """A run that ends FINISHED, FAILED on any error, or KILLED on Ctrl-C / SIGTERM."""
+        run_id = self.start_run(name, parent_id, tags)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.end_run(run_id, "KILLED")
+            raise
+        except BaseException:
+            self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id, "FINISHED")
+
+    def sink(self, run_id: str) -> "MetricsSink":
+        return MetricsSink(self.uri, run_id)
+
+
+def log_metrics(client, run_id: str, metrics: dict, step: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+    if items:
+        _retry(client.log_batch, run_id, metrics=items)
+
+
+class MetricsSink:
+    """Picklable per-run metric logger for actors: ``sink({"val_accuracy": 0.9}, step=3)``."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri = uri
+        self.run_id = run_id
+        self._client = None
+
+    def __getstate__(self):
+        return {"uri": self.uri, "run_id": self.run_id, "_client": None}
+
+    def __call__(self, metrics: dict, step: int | None = None) -> None:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        try:
+            log_metrics(self._client, self.run_id, metrics, step)
+        except Exception as err:  # noqa: BLE001 - losing a curve point must not kill a training run
+            log.warning("could not log metrics to MLflow run %s: %s", self.run_id, err)

@@ -1,0 +1,286 @@
+"""The one training loop. Ensemble members, the generalist, specialists and students all go through it.
+
+It runs in-process (tests, benchmarks) or inside a Ray actor (:mod:`ensemble.runner`). Each epoch ends
+with a verified checkpoint (model, optimiser, scheduler, RNG state), so a rerun resumes where it stopped,
+and a finished model is reused from disk without training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointDir, load_verified, save_verified, write_json
+from .config import TrainConfig, fingerprint
+from .data import Split, jitter
+from .errors import CheckpointError, TrainingDiverged
+from .objectives import CrossEntropy, Objective
+
+
+class Sampler(Protocol):
+    """Chooses which training examples an epoch visits, and in which order."""
+
+    def epoch_order(self, num_examples: int, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass
+class TrainSpec:
+    """Everything that defines one model's training; its fingerprint names its folder on disk."""
+
+    name: str
+    role: str
+    model_factory: Callable[[], nn.Module]
+    train: TrainConfig
+    seed: int = 0
+    jitter: int = 0
+    objective: Objective = field(default_factory=CrossEntropy)
+    target_map: torch.Tensor | None = None  # dataset label -> model output (e.g. a specialist's dustbin)
+    sampler: Sampler | None = None
+    tags: dict = field(default_factory=dict)
+
+    def fingerprint(self, data_fingerprint: str) -> str:
+        return fingerprint(
+            {
+                "model": repr(self.model_factory()),
+                "train": self.train.model_dump(mode="json"),
+                "seed": self.seed,
+                "jitter": self.jitter,
+                "objective": self.objective.describe(),
+                "target_map": None if self.target_map is None else self.target_map.tolist(),
+                "sampler": repr(self.sampler),
+                "data": data_fingerprint,
+            }
+        )
+
+
+@dataclass
+class TrainResult:
+    name: str
+    role: str
+    state_dict: dict[str, torch.Tensor]
+    logits: dict[str, torch.Tensor]  # split -> (N, C) logits, row i = example i of that split
+    history: list[dict]
+    metrics: dict
+    reused: bool = False
+    resumed_from_epoch: int = 0
+
+
+def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    opt = train.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    if opt.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig):
+    sched = train.scheduler
+    if sched.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    if sched.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched.step_size, gamma=sched.gamma)
+    return None
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, device="cpu") -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(dim=1) == y).float().mean()) if len(y) else float("nan")
+
+
+def resolve_device(num_gpus: float) -> torch.device:
+    """CUDA when GPUs were requested and are really there; otherwise the CPU (logical GPUs in tests)."""
+    return torch.device("cuda") if num_gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+
+
+class Trainer:
+    """Trains one :class:`TrainSpec` on in-memory splits, checkpointing into ``workdir``."""
+
+    def __init__(self, spec: TrainSpec, data: dict[str, Split], workdir: Path, fingerprint: str, device="cpu"):
+        self.spec = spec
+        self.data = data
+        self.workdir = Path(workdir)
+        self.fingerprint = fingerprint
+        self.device = torch.device(device)
+        self.checkpoints = CheckpointDir(self.workdir / "checkpoints")
+
+    # --- finished work on disk ---
+
+    def load_finished(self) -> TrainResult | None:
+        summary_path = self.workdir / "result.json"
+        if not summary_path.is_file():
+            return None
+        import json
+
+        summary = json.loads(summary_path.read_text())
+        state = load_verified(self.workdir / "model.pt")
+        logits = load_verified(self.workdir / "logits.pt")
+        if summary.get("fingerprint") != self.fingerprint or state is None or logits is None:
+            return None
+        return TrainResult(
+            self.spec.name, self.spec.role, state, logits, summary["history"], summary["metrics"], reused=True
+        )
+
+    def _labels(self, split: str) -> torch.Tensor:
+        y = self.data[split].y
+        return y if self.spec.target_map is None else self.spec.target_map[y]
+
+    # --- training ---
+
+    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+        finished = self.load_finished()
+        if finished is not None:
+            return finished
+        spec, train_cfg = self.spec, self.spec.train
+        torch.manual_seed(spec.seed)
+        model = spec.model_factory().to(self.device)
+        optimizer = make_optimizer(model, train_cfg)
+        scheduler = make_scheduler(optimizer, train_cfg)
+        generator = torch.Generator().manual_seed(spec.seed)
+        objective = spec.objective.to(self.device)
+        constraints = [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))]
+        history: list[dict] = []
+        best = {"val_accuracy": -1.0, "epoch": 0, "state": None}
+        start_epoch = 0
+
+        checkpoint = self.checkpoints.latest()
+        if checkpoint is not None:
+            if checkpoint.get("fingerprint") != self.fingerprint:
+                raise CheckpointError(f"{self.checkpoints.root}: checkpoint belongs to another model or config")
+            try:
+                model.load_state_dict(checkpoint["model"])
+                optimizer.load_state_dict(checkpoint["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise CheckpointError(f"{self.checkpoints.root}: checkpoint does not fit the model ({err})") from None
+            if scheduler is not None and checkpoint.get("scheduler"):
+                scheduler.load_state_dict(checkpoint["scheduler"])
+            generator.set_state(checkpoint["generator"])
+            torch.set_rng_state(checkpoint["torch_rng"])
+            history = checkpoint["history"]
+            best = checkpoint["best"]
+            start_epoch = checkpoint["epoch"]
+
+        x_train, y_train = self.data["train"].x, self._labels("train")
+        x_val, y_val = self.data["val"].x, self._labels("val")
+        n_train, batch_size = len(y_train), train_cfg.batch_size
+        epochs_since_best = start_epoch - best["epoch"] if best["epoch"] else 0
+        for epoch in range(start_epoch, train_cfg.epochs):
+            patience = train_cfg.early_stopping_patience
+            if patience is not None and epochs_since_best >= patience:
+                break
+            started = time.perf_counter()
+            model.train()
+            order = (
+                spec.sampler.epoch_order(n_train, generator)
+                if spec.sampler is not None
+                else torch.randperm(n_train, generator=generator)
+            )
+            term_sums: dict[str, torch.Tensor] = {}
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                xb = x_train[idx].to(self.device, non_blocking=True)
+                if spec.jitter:
+                    xb = jitter(xb, spec.jitter, generator)
+                yb = y_train[idx].to(self.device, non_blocking=True)
+                _, terms = objective(model, xb, yb, idx)
+                loss = sum(terms.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for constrain in constraints:
+                    constrain()
+                for name, value in terms.items():
+                    term_sums[name] = term_sums.get(name, 0) + value.detach() * len(idx)
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+            train_seconds = time.perf_counter() - started
+            terms_mean = {name: float(total) / len(order) for name, total in term_sums.items()}
+            train_loss = sum(terms_mean.values())
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(
+                    f"{spec.name}: training loss became {train_loss} in epoch {epoch + 1}; "
+                    "lower the learning rate (train.optimizer.lr) or check the inputs"
+                )
+            val_accuracy = accuracy(predict_logits(model, x_val, train_cfg.eval_batch_size, self.device), y_val)
+            if val_accuracy > best["val_accuracy"]:
+                best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "state": _cpu_state(model)}
+                epochs_since_best = 0
+            else:
+                epochs_since_best += 1
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                **{f"train_{name}": value for name, value in terms_mean.items()},
+                "val_accuracy": val_accuracy,
+                "lr": lr,
+                "epoch_seconds": time.perf_counter() - started,
+                "samples_per_second": len(order) / train_seconds,
+            }
+            history.append(record)
+            self.checkpoints.save(
+                epoch + 1,
+                {
+                    "fingerprint": self.fingerprint,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "best": best,
+                },
+            )
+            if on_epoch is not None:
+                on_epoch(record)
+
+        # Early stopping keeps the weights with the best validation accuracy.
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+        return self._finish(model, history, best, start_epoch)
+
+    def _finish(self, model: nn.Module, history: list[dict], best: dict, start_epoch: int) -> TrainResult:
+        eval_bs = self.spec.train.eval_batch_size
+        logits = {split: predict_logits(model, self.data[split].x, eval_bs, self.device) for split in self.data}
+        metrics = {"best_epoch": best["epoch"], "epochs_trained": len(history)}
+        for split in self.data:
+            labels = self._labels(split)
+            correct = int((logits[split].argmax(dim=1) == labels).sum())
+            metrics[f"{split}_accuracy"] = correct / max(1, len(labels))
+            metrics[f"{split}_errors"] = len(labels) - correct
+        state = _cpu_state(model)
+        save_verified(state, self.workdir / "model.pt")
+        save_verified(logits, self.workdir / "logits.pt")
+        write_json(
+            self.workdir / "result.json",
+            {"name": self.spec.name, "role": self.spec.role, "fingerprint": self.fingerprint,
+             "metrics": metrics, "history": history},
+        )
+        return TrainResult(
+            self.spec.name, self.spec.role, state, logits, history, metrics, resumed_from_epoch=start_epoch
+        )
+
+
+def epoch_metrics(record: dict) -> dict:
+    """An epoch's record without its step number: what goes to MLflow as curves."""
+    return {k: v for k, v in record.items() if k != "epoch"}
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+

@@ -1,0 +1,112 @@
+"""The one training loop, in-process: learning, checkpoints, resume, reuse, corruption and divergence."""
+
+import json
+
+import pytest
+import torch
+
+from ensemble.checkpoint import CheckpointDir
+from ensemble.errors import CheckpointError, TrainingDiverged
+from ensemble.trainer import Trainer, TrainSpec
+
+from conftest import quick_train, small_mlp_factory
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _splits(digits):
+    return {"train": digits.train, "val": digits.val, "test": digits.test}
+
+
+def _spec(digits, epochs=4, **train_overrides):
+    factory = small_mlp_factory(digits.input_shape, digits.num_classes)
+    return TrainSpec("member_0", "member", factory, quick_train(epochs, **train_overrides), seed=3)
+
+
+def _trainer(spec, digits, workdir):
+    return Trainer(spec, _splits(digits), workdir, spec.fingerprint("digits"))
+
+
+def test_trains_logs_every_term_and_keeps_logits_by_index(digits, tmp_path):
+    spec = _spec(digits, epochs=5)
+    records = []
+    result = _trainer(spec, digits, tmp_path).fit(records.append)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    assert {"train_loss", "train_ce", "val_accuracy", "epoch_seconds", "samples_per_second", "lr"} <= set(records[0])
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert result.metrics["test_accuracy"] > 0.85
+    assert result.logits["train"].shape == (len(digits.train), 10)
+    model = spec.model_factory()
+    model.load_state_dict(result.state_dict)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(digits.test.x[[7, 3]]), result.logits["test"][[7, 3]], atol=1e-5)
+
+
+def test_interrupted_training_resumes_and_matches_an_undisturbed_run(digits, tmp_path):
+    spec = _spec(digits, epochs=4)
+    undisturbed = _trainer(spec, digits, tmp_path / "a").fit()
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _trainer(spec, digits, tmp_path / "b").fit(stop_after_two)
+    epochs_seen = []
+    resumed = _trainer(spec, digits, tmp_path / "b").fit(lambda r: epochs_seen.append(r["epoch"]))
+    assert resumed.resumed_from_epoch == 2
+    assert epochs_seen == [3, 4], "only the missing epochs are trained"
+    assert len(resumed.history) == 4
+    for key, value in undisturbed.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[key]), f"{key} differs after resume"
+
+
+def test_finished_work_is_reused_without_training(digits, tmp_path):
+    spec = _spec(digits, epochs=2)
+    first = _trainer(spec, digits, tmp_path).fit()
+    calls = []
+    second = _trainer(spec, digits, tmp_path).fit(calls.append)
+    assert second.reused and not calls
+    assert torch.equal(second.logits["val"], first.logits["val"])
+    assert json.loads((tmp_path / "result.json").read_text())["metrics"] == first.metrics
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(digits, tmp_path):
+    spec = _spec(digits, epochs=4)
+
+    def stop_after_three(record):
+        if record["epoch"] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _trainer(spec, digits, tmp_path).fit(stop_after_three)
+    newest = tmp_path / "checkpoints" / "epoch_0003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, e.g. by a crash of the disk
+    assert CheckpointDir(tmp_path / "checkpoints").latest()["epoch"] == 2
+    assert _trainer(spec, digits, tmp_path).fit().resumed_from_epoch == 2
+
+
+def test_a_checkpoint_of_another_model_is_refused(digits, tmp_path):
+    spec = _spec(digits, epochs=3)
+    with pytest.raises(Interrupt):
+        _trainer(spec, digits, tmp_path).fit(lambda r: (_ for _ in ()).throw(Interrupt()))
+    other = Trainer(spec, _splits(digits), tmp_path, "another-fingerprint")
+    with pytest.raises(CheckpointError, match="another model or config"):
+        other.fit()
+
+
+def test_divergence_stops_with_a_clear_message(digits, tmp_path):
+    spec = _spec(digits, epochs=3, optimizer={"name": "sgd", "lr": 1e30, "momentum": 0.9})
+    with pytest.raises(TrainingDiverged, match="member_0: training loss became"):
+        _trainer(spec, digits, tmp_path).fit()
+
+
+def test_early_stopping_keeps_the_best_validation_weights(digits, tmp_path):
+    spec = _spec(digits, epochs=30, early_stopping_patience=1, optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9})
+    result = _trainer(spec, digits, tmp_path).fit()
+    assert result.metrics["epochs_trained"] < 30
+    best = max(r["val_accuracy"] for r in result.history)
+    assert result.metrics["val_accuracy"] == pytest.approx(best)
