@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,17 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, num_gpu
     """Join the cluster of a submitted job (``RAY_ADDRESS``) or ``address``; else start a local Ray."""
     if ray.is_initialized():
         return
+    # ray.init replaces the SIGTERM handler (its core worker aborts the process); keep the application's own,
+    # so the CLI can still end its MLflow runs as KILLED when a job is stopped.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     address = os.environ.get("RAY_ADDRESS") or address
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
+    if in_main_thread and previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -77,6 +85,7 @@ class TrainerActor:
                 sink(epoch_metrics(record), step=record["epoch"])
 
         result = Trainer(spec, splits, Path(workdir), fingerprint, self.device).fit(on_epoch)
+        result.placement = self.placement()
         self._progress = {**self._progress, "status": "done"}
         return result
 

@@ -69,6 +69,7 @@ class TrainResult:
     metrics: dict
     reused: bool = False
     resumed_from_epoch: int = 0
+    placement: dict = field(default_factory=dict)  # where it trained: node, GPU ids, device (set by the actor)
 
 
 def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,90 @@
+"""``distill ensemble`` end to end, as a user runs it: a real process, a real Ray, a real MLflow store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+QUICK = ["--set", "ensemble.train.epochs=3", "--no-progress"]
+
+
+def distill(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def runs_of(uri: str, experiment: str = "distill"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_ensemble_command_writes_results_and_runs_then_reuses_them(tmp_path):
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    done = distill("ensemble", "--output-dir", str(out), "--tracking-uri", uri, *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert "ensemble (geometric mean)" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["ensemble"]["members"]) == 3
+    for member in results["ensemble"]["members"]:
+        assert 0.5 < member["test_accuracy"] <= 1
+    assert 0.5 < results["ensemble"]["test_accuracy"] <= 1
+    assert 0.5 < results["generalist"]["test_accuracy"] <= 1
+    assert results["mlflow"]["tracking_uri"].endswith("mlflow.db")
+    assert (out / "config.yaml").is_file()
+
+    client, runs = runs_of(uri)
+    parent = results["mlflow"]["parent_run_id"]
+    assert client.get_run(parent).info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert sorted(r.data.tags["role"] for r in children) == ["generalist", "member", "member", "member"]
+    for child in children:
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 3
+        assert child.data.params["ensemble.train.epochs"] == "3", "the resolved config is logged as params"
+
+    again = distill("ensemble", "--output-dir", str(out), "--tracking-uri", uri, *QUICK)
+    assert again.returncode == 0, again.stderr
+    rerun = json.loads((out / "results.json").read_text())
+    assert all(m["reused"] for m in rerun["ensemble"]["members"]) and rerun["generalist"]["reused"]
+    assert rerun["ensemble"]["test_accuracy"] == results["ensemble"]["test_accuracy"]
+    assert rerun["mlflow"]["parent_run_id"] != parent
+
+
+def test_missing_data_fails_in_one_line_and_marks_the_run_failed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = distill("ensemble", "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri,
+                   "--set", "data.name=mnist", "--set", f"data.root={tmp_path / 'empty'}", *QUICK)
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert err[-1].startswith("error: data.root: MNIST files not found under") and "Traceback" not in done.stderr
+    _, runs = runs_of(uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_killed_run_is_marked_and_the_rerun_resumes_from_checkpoints(tmp_path):
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["ensemble", "--output-dir", str(out), "--tracking-uri", uri, "--no-progress",
+            "--set", "ensemble.members=2", "--set", "generalist.enabled=false",
+            "--set", "ensemble.train.epochs=40", "--set", "ensemble.model.params.hidden=[256,256]"]
+    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not list(out.glob("ensemble/*/checkpoints/epoch_0002.pt")):
+        assert proc.poll() is None and time.time() < deadline, "training never reached epoch 2"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    _, runs = runs_of(uri)
+    assert {r.info.status for r in runs} == {"KILLED"}, "parent and member runs are all marked KILLED"
+
+    done = distill(*args)
+    assert done.returncode == 0, done.stderr
+    members = json.loads((out / "results.json").read_text())["ensemble"]["members"]
+    assert any(m["resumed_from_epoch"] >= 2 for m in members)
+    assert all(m["epochs_trained"] == 40 for m in members)
