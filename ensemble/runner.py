@@ -77,6 +77,7 @@ class TrainerActor:
 
     def fit(self, spec: TrainSpec, data: dict, workdir: str, fingerprint: str, sink=None) -> TrainResult:
         splits = {name: from_numpy(arrays) for name, arrays in data.items()}
+        started = time.time()
         self._progress = {"status": "training", "epoch": 0, "epochs": spec.train.epochs}
 
         def on_epoch(record: dict) -> None:
@@ -85,7 +86,7 @@ class TrainerActor:
                 sink(epoch_metrics(record), step=record["epoch"])
 
         result = Trainer(spec, splits, Path(workdir), fingerprint, self.device).fit(on_epoch)
-        result.placement = self.placement()
+        result.placement = {**self.placement(), "started": started, "finished": time.time()}
         self._progress = {**self._progress, "status": "done"}
         return result
 
