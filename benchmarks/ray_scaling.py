@@ -2,7 +2,7 @@
 
 On this 2-core machine N = 2. Each case starts its own local Ray: one CPU (members train one after
 another) vs N CPUs (members train at once). Throughput = training examples processed per wall-clock second,
-measured inside the actors (epoch time) and end to end (including actor start-up).
+measured while at least one actor trains (excluding actor start-up) and end to end (including it).
 
     python benchmarks/ray_scaling.py [--members 2] [--epochs 1] [--train-limit 20000]
 """
@@ -39,11 +39,20 @@ def run_case(workers: int, members: int, data, train: TrainConfig) -> dict:
     finally:
         ray.shutdown()
     examples = members * train.epochs * len(data.train)
-    first_start = min(r.placement["started"] for r in results)
-    last_end = max(r.placement["finished"] for r in results)
+    busy = busy_seconds([(r.placement["started"], r.placement["finished"]) for r in results])
     return {"workers": workers, "members": members, "wall_seconds": wall,
             "examples_per_second_end_to_end": examples / wall,
-            "examples_per_second_training": examples / (last_end - first_start)}
+            "examples_per_second_training": examples / busy}
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of the actors' training intervals: time during which at least one trained."""
+    total, current_end = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > current_end:
+            total += end - max(start, current_end)
+            current_end = end
+    return total
 
 
 def main() -> None:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .config import TrainConfig, fingerprint
-from .data import Split, check_split, materialize
+from .data import check_split, materialize
 from .errors import ConfigError
-from .models import check_output_width
-from .runner import Resources, TrainJob, connect_ray, check_feasible, put_splits, train_many
+from .fit import FitOptions, fit_specs
 from .soft_targets import Mean, ensemble_probs
-from .tracking import Tracker
-from .trainer import TrainResult, TrainSpec, epoch_metrics, predict_logits
+from .trainer import TrainResult, TrainSpec, predict_logits
 
 GENERALIST_SEED_OFFSET = 1000
 
@@ -38,33 +35,19 @@ class Ensemble:
         generalist_train: TrainConfig | dict | None = None,
         seed: int = 0,
         jitter: int = 0,
-        num_cpus: float = 1.0,
-        num_gpus: float = 0.0,
-        output_dir: str | Path = "runs/ensemble",
-        tracker: Tracker | None = None,
-        parent_run_id: str | None = None,
-        run_params: dict | None = None,
-        ray_address: str | None = None,
-        ray_num_cpus: int | None = None,
-        ray_num_gpus: float | None = None,
-        show_progress: bool = True,
+        **options,
     ):
+        """``options`` are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus, num_gpus, tracker, ..."""
         factories = list(members) if isinstance(members, Sequence) else [members] * n_members
         if not factories:
             raise ConfigError("ensemble.members: need at least one member")
         self.member_factories = factories
         self.generalist_factory = generalist
-        self.train_config = _as_train_config(train)
-        self.generalist_train_config = _as_train_config(generalist_train) if generalist_train else self.train_config
+        self.train_config = as_train_config(train)
+        self.generalist_train_config = as_train_config(generalist_train) if generalist_train else self.train_config
         self.seed = seed
         self.jitter = jitter
-        self.resources = Resources(num_cpus, num_gpus)
-        self.output_dir = Path(output_dir)
-        self.tracker = tracker
-        self.parent_run_id = parent_run_id
-        self.run_params = run_params or {}
-        self.ray_options = {"address": ray_address, "num_cpus": ray_num_cpus, "num_gpus": ray_num_gpus}
-        self.show_progress = show_progress
+        self.options = FitOptions(**options)
         self.members_: list[nn.Module] = []
         self.generalist_: nn.Module | None = None
         self.results_: list[TrainResult] = []
@@ -93,65 +76,11 @@ class Ensemble:
         for name, split in splits.items():
             check_split(split, self.num_classes_, name)
         self.data_fingerprint_ = fingerprint({name: s.fingerprint() for name, s in splits.items()})
-        input_shape = tuple(splits["train"].x.shape[1:])
-        specs = self._specs()
-        for spec in specs:
-            check_output_width(spec.model_factory(), input_shape, self.num_classes_, spec.name)
-
-        connect_ray(**self.ray_options)
-        check_feasible({spec.name: self.resources for spec in specs})
-        jobs = []
-        for spec in specs:
-            fp = spec.fingerprint(self.data_fingerprint_)
-            jobs.append(TrainJob(spec, self.output_dir / f"{spec.name}-{fp}", fp, self.resources))
-        self._start_runs(jobs)
-        try:
-            self.results_ = train_many(jobs, put_splits(splits), show_progress=self.show_progress)
-        except BaseException as err:
-            self._end_runs("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-            raise
-        self._finish_runs()
-
-        models = []
-        for spec, result in zip(specs, self.results_):
-            model = spec.model_factory()
-            model.load_state_dict(result.state_dict)
-            models.append(model.eval())
-        self.members_ = models[: len(self.member_factories)]
-        self.generalist_ = models[-1] if self.generalist_factory is not None else None
+        fitted = fit_specs(self._specs(), splits, self.data_fingerprint_, self.num_classes_, self.options)
+        self.results_, self.run_ids_ = fitted.results, fitted.run_ids
+        self.members_ = fitted.models[: len(self.member_factories)]
+        self.generalist_ = fitted.models[-1] if self.generalist_factory is not None else None
         return self
-
-    def _start_runs(self, jobs: list[TrainJob]) -> None:
-        if self.tracker is None:
-            return
-        for job in jobs:
-            tags = {"role": job.spec.role, **job.spec.tags}
-            run_id = self.tracker.start_run(job.spec.name, self.parent_run_id, tags)
-            self.tracker.log_params(
-                run_id, {**self.run_params, "seed": job.spec.seed, "fingerprint": job.fingerprint, **tags}
-            )
-            self.run_ids_[job.spec.name] = run_id
-            job.sink = self.tracker.sink(run_id)
-
-    def _finish_runs(self) -> None:
-        if self.tracker is None:
-            return
-        for result in self.results_:
-            run_id = self.run_ids_[result.name]
-            if result.reused:
-                # Finished in an earlier invocation: copy its curves so this run is complete on its own.
-                for record in result.history:
-                    self.tracker.log_metrics(run_id, epoch_metrics(record), step=record["epoch"])
-            self.tracker.set_tags(run_id, {"reused": result.reused, "resumed_from_epoch": result.resumed_from_epoch})
-            # Final scores under their own names, so they never mix with the per-epoch curves.
-            final = {("best_" + k if k.startswith("val_") else k): v for k, v in result.metrics.items()}
-            self.tracker.log_metrics(run_id, final)
-            self.tracker.end_run(run_id, "FINISHED")
-
-    def _end_runs(self, status: str) -> None:
-        if self.tracker is not None:
-            for run_id in self.run_ids_.values():
-                self.tracker.end_run(run_id, status)
 
     # --- inference ---
 
@@ -201,7 +130,7 @@ def _score(scores: torch.Tensor, y: torch.Tensor) -> dict:
     return {"accuracy": correct / max(1, len(y)), "errors": len(y) - correct}
 
 
-def _as_train_config(train: TrainConfig | dict | None) -> TrainConfig:
+def as_train_config(train: TrainConfig | dict | None) -> TrainConfig:
     if isinstance(train, TrainConfig):
         return train
     from .config import validate_config

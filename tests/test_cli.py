@@ -1,14 +1,11 @@
 """``distill ensemble`` end to end, as a user runs it: a real process, a real Ray, a real MLflow store."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 QUICK = ["--set", "ensemble.train.epochs=3", "--no-progress"]

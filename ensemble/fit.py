@@ -1,0 +1,112 @@
+"""Train a list of :class:`TrainSpec` on Ray with one nested MLflow run each: shared by every stage's API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from .data import Split
+from .models import check_output_width
+from .runner import Resources, TrainJob, check_feasible, connect_ray, put_splits, train_many
+from .tracking import Tracker
+from .trainer import TrainResult, TrainSpec, epoch_metrics
+
+
+@dataclass
+class FitOptions:
+    """Where and how models train, and where they are tracked.
+
+    output_dir: checkpoints and finished models (one folder per model, named by its fingerprint).
+    num_cpus / num_gpus: per actor; num_cpus also sets torch's threads; fractional GPUs pack models.
+    tracker / parent_run_id: MLflow; each model gets a nested run under the parent, ``run_params`` as params.
+    ray_address / ray_num_cpus / ray_num_gpus: the cluster to join, or the size of a local Ray.
+    """
+
+    output_dir: str | Path = "runs/ensemble"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    tracker: Tracker | None = None
+    parent_run_id: str | None = None
+    run_params: dict = field(default_factory=dict)
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    ray_num_gpus: float | None = None
+    show_progress: bool = True
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(self.num_cpus, self.num_gpus)
+
+
+@dataclass
+class Fitted:
+    results: list[TrainResult]
+    models: list[nn.Module]
+    run_ids: dict[str, str]
+
+
+def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint: str, num_classes: int,
+              options: FitOptions) -> Fitted:
+    """Check every model, train them concurrently on Ray, log each to its own nested MLflow run."""
+    input_shape = tuple(splits["train"].x.shape[1:])
+    for spec in specs:
+        width = num_classes if spec.target_map is None else int(spec.target_map.max()) + 1
+        check_output_width(spec.model_factory(), input_shape, width, spec.name)
+    connect_ray(options.ray_address, options.ray_num_cpus, options.ray_num_gpus)
+    check_feasible({spec.name: options.resources for spec in specs})
+    jobs = []
+    for spec in specs:
+        fp = spec.fingerprint(data_fingerprint)
+        jobs.append(TrainJob(spec, Path(options.output_dir) / f"{spec.name}-{fp}", fp, options.resources))
+    run_ids = _start_runs(jobs, options)
+    try:
+        results = train_many(jobs, put_splits(splits), show_progress=options.show_progress)
+    except BaseException as err:
+        _end_runs(run_ids, options.tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    _finish_runs(results, run_ids, options.tracker)
+    models = []
+    for spec, result in zip(specs, results):
+        model = spec.model_factory()
+        model.load_state_dict(result.state_dict)
+        models.append(model.eval())
+    return Fitted(results, models, run_ids)
+
+
+def _start_runs(jobs: list[TrainJob], options: FitOptions) -> dict[str, str]:
+    tracker = options.tracker
+    if tracker is None:
+        return {}
+    run_ids = {}
+    for job in jobs:
+        tags = {"role": job.spec.role, **job.spec.tags}
+        run_id = tracker.start_run(job.spec.name, options.parent_run_id, tags)
+        tracker.log_params(run_id, {**options.run_params, "seed": job.spec.seed, "fingerprint": job.fingerprint,
+                                    **tags})
+        run_ids[job.spec.name] = run_id
+        job.sink = tracker.sink(run_id)
+    return run_ids
+
+
+def _finish_runs(results: list[TrainResult], run_ids: dict[str, str], tracker: Tracker | None) -> None:
+    if tracker is None:
+        return
+    for result in results:
+        run_id = run_ids[result.name]
+        if result.reused:
+            # Finished in an earlier invocation: copy its curves so this run is complete on its own.
+            for record in result.history:
+                tracker.log_metrics(run_id, epoch_metrics(record), step=record["epoch"])
+        tracker.set_tags(run_id, {"reused": result.reused, "resumed_from_epoch": result.resumed_from_epoch})
+        # Final scores under their own names, so they never mix with the per-epoch curves.
+        final = {("best_" + k if k.startswith("val_") else k): v for k, v in result.metrics.items()}
+        tracker.log_metrics(run_id, final)
+        tracker.end_run(run_id, "FINISHED")
+
+
+def _end_runs(run_ids: dict[str, str], tracker: Tracker | None, status: str) -> None:
+    if tracker is not None:
+        for run_id in run_ids.values():
+            tracker.end_run(run_id, status)
