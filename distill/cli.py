@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble = commands.add_parser("ensemble", help="train the ensemble members and the generalist on Ray")
     _common(ensemble)
     ensemble.add_argument("--no-progress", action="store_true", help="no live progress view")
+    specialists = commands.add_parser(
+        "specialists", help="train dustbin specialists for the generalist's confusable classes (runs the ensemble "
+        "stage first when its outputs are missing)")
+    _common(specialists)
+    specialists.add_argument("--no-progress", action="store_true", help="no live progress view")
     config = commands.add_parser("config", help="inspect configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     _common(config_commands.add_parser("show", help="print the resolved config"))
@@ -58,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             from .config import dump_config
 
             print(dump_config(config), end="")
-        elif args.command == "ensemble":
-            from .pipeline import run_ensemble
+        else:
+            from .pipeline import run
 
-            run_ensemble(config, show_progress=not args.no_progress)
+            run(config, until=args.command, show_progress=not args.no_progress)
     except DistillError as err:
         if args.debug:
             traceback.print_exc()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from ensemble.config import StageConfig, dump_config, fingerprint, load_config as _load
+from specialists.config import SpecialistsConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
 
 
 class Config(StageConfig):
-    """Root of the config. Later stages add their sections here (``specialists``, ``student``)."""
+    """Root of the config: the ensemble stage's sections plus ``specialists`` (and later ``student``)."""
+
+    specialists: SpecialistsConfig = Field(default_factory=SpecialistsConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

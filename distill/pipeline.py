@@ -1,4 +1,4 @@
-"""The pipeline behind the CLI: each stage runs under one MLflow parent run and merges into ``results.json``."""
+"""The pipeline behind the CLI: stages run under one MLflow parent run and merge into ``results.json``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from pathlib import Path
 from ensemble.checkpoint import write_json
 from ensemble.stage import load_data, run_ensemble_stage
 from ensemble.tracking import Tracker
+from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash, dump_config
-from .report import print_ensemble_summary
+from .report import print_ensemble_summary, print_specialists_summary
+
+STAGES = ("ensemble", "specialists")
 
 
 def update_results(path: Path, sections: dict) -> dict:
@@ -21,26 +24,49 @@ def update_results(path: Path, sections: dict) -> dict:
     return results
 
 
-def run_ensemble(config: Config, show_progress: bool = True) -> dict:
-    """``distill ensemble``: train the members and the generalist, score them, write ``results.json``."""
+def run(config: Config, until: str = "specialists", show_progress: bool = True) -> dict:
+    """Run the stages up to ``until``; each reuses what earlier invocations finished on disk."""
+    stages = STAGES[: STAGES.index(until) + 1]
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(dump_config(config))
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    tags = {"stage": "ensemble", "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}
-    with tracker.run("ensemble", tags=tags) as parent_id:
+    tags = {"stage": until, "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}
+    with tracker.run(until, tags=tags) as parent_id:
         tracker.log_params(parent_id, config.model_dump(mode="json"))
         tracker.log_artifact(parent_id, output_dir / "config.yaml")
         data = load_data(config)
-        _, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
-        ens = sections["ensemble"]
-        metrics = {f"ensemble_{k}": ens[k] for k in ens if k.startswith("test_")}
-        if "generalist" in sections:
-            metrics["generalist_test_accuracy"] = sections["generalist"]["test_accuracy"]
-        tracker.log_metrics(parent_id, metrics)
+        if "specialists" in stages and config.specialists.enabled:
+            check_section(config.specialists, data)
+        ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
+        _log_ensemble_metrics(tracker, parent_id, sections)
+        if "specialists" in stages and config.specialists.enabled:
+            _, more = run_specialist_stage(config, config.specialists, data, ensemble, output_dir, tracker,
+                                           parent_id, show_progress)
+            sections.update(more)
         sections["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
                               "parent_run_id": parent_id}
         results = update_results(output_dir / "results.json", sections)
         tracker.log_artifact(parent_id, output_dir / "results.json")
     print_ensemble_summary(results)
+    if "specialists" in sections:
+        print_specialists_summary(results)
     return results
+
+
+def run_ensemble(config: Config, show_progress: bool = True) -> dict:
+    """``distill ensemble``: train the members and the generalist, score them, write ``results.json``."""
+    return run(config, "ensemble", show_progress)
+
+
+def run_specialists(config: Config, show_progress: bool = True) -> dict:
+    """``distill specialists``: the ensemble stage (reused from disk when finished), then the specialists."""
+    return run(config, "specialists", show_progress)
+
+
+def _log_ensemble_metrics(tracker: Tracker, parent_id: str, sections: dict) -> None:
+    ens = sections["ensemble"]
+    metrics = {f"ensemble_{k}": ens[k] for k in ens if k.startswith("test_")}
+    if "generalist" in sections:
+        metrics["generalist_test_accuracy"] = sections["generalist"]["test_accuracy"]
+    tracker.log_metrics(parent_id, metrics)

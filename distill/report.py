@@ -35,3 +35,29 @@ def print_ensemble_summary(results: dict, console: Console | None = None) -> Non
     mlflow = results.get("mlflow", {})
     if mlflow:
         console.print(f"MLflow: {mlflow['tracking_uri']}  parent run {mlflow['parent_run_id']}")
+
+
+def print_specialists_summary(results: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    spec = results["specialists"]
+    groups = Table(title="specialists: groups of confusable classes")
+    for column in ("specialist", "classes", "test acc (group + dustbin)", "status"):
+        groups.add_column(column)
+    for row in spec["members"]:
+        names = spec["group_names"][spec["groups"].index(row["group"])]
+        groups.add_row(row["name"], ", ".join(names), f"{row['test_accuracy']:.4f}", _status(row))
+    console.print(groups)
+    table = Table(title="generalist vs generalist + specialists (Eq. 5), test set")
+    for column in ("specialists covering the correct class", "examples", "generalist correct", "combined correct",
+                   "change", "relative"):
+        table.add_column(column, justify="right")
+    for row in spec["by_covering"]:
+        table.add_row(str(row["covering"]), str(row["examples"]), str(row["generalist_correct"]),
+                      str(row["combined_correct"]), f"{row['delta_correct']:+d}", f"{row['relative_change']:+.2%}")
+    table.add_row("all", str(sum(r["examples"] for r in spec["by_covering"])),
+                  str(sum(r["generalist_correct"] for r in spec["by_covering"])),
+                  str(sum(r["combined_correct"] for r in spec["by_covering"])),
+                  f"{spec['generalist_test_errors'] - spec['test_errors']:+d}", "")
+    console.print(table)
+    console.print(f"test errors: generalist {spec['generalist_test_errors']} -> combined {spec['test_errors']} "
+                  f"(accuracy {spec['generalist_test_accuracy']:.4f} -> {spec['test_accuracy']:.4f})")

@@ -78,3 +78,12 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
     os.replace(tmp, path)
+
+
+def state_fingerprint(state: dict) -> str:
+    """A short hash of a state dict's names and values (e.g. the weights a specialist starts from)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

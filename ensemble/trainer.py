@@ -43,6 +43,7 @@ class TrainSpec:
     target_map: torch.Tensor | None = None  # dataset label -> model output (e.g. a specialist's dustbin)
     sampler: Sampler | None = None
     tags: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)  # anything else that defines the model, e.g. initial weights
 
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(
@@ -55,6 +56,7 @@ class TrainSpec:
                 "target_map": None if self.target_map is None else self.target_map.tolist(),
                 "sampler": repr(self.sampler),
                 "data": data_fingerprint,
+                "identity": self.identity,
             }
         )
 

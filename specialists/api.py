@@ -1,0 +1,187 @@
+"""``SpecialistEnsemble``: a generalist plus dustbin specialists for its confusable classes, combined by Eq. 5."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ensemble.api import as_train_config
+from ensemble.checkpoint import state_fingerprint
+from ensemble.config import TrainConfig, fingerprint
+from ensemble.data import check_split, materialize
+from ensemble.errors import ConfigError
+from ensemble.fit import FitOptions, fit_specs
+from ensemble.trainer import TrainResult, TrainSpec, predict_logits
+
+from .combine import active_specialists, combine
+from .dustbin import GroupSampler, build_specialist, dustbin_correction, dustbin_target_map, find_head
+from .grouping import class_matrix, cluster_classes, resolve_groups
+
+
+class SpecialistEnsemble:
+    """Specialists for groups of classes the generalist confuses (paper §5), trained in parallel on Ray.
+
+    >>> spec = SpecialistEnsemble(generalist, n_specialists=3).fit(train, val)
+    >>> spec.groups            # e.g. [[3, 5, 8], [4, 7, 9]]
+    >>> spec.predict_proba(x)  # Eq. 5 with the active specialists
+    """
+
+    def __init__(
+        self,
+        generalist: nn.Module,
+        generalist_factory: Callable[[], nn.Module] | None = None,
+        *,
+        n_specialists: int = 3,
+        groups: list[list[int | str]] | None = None,
+        clustering: str = "kmeans",
+        matrix: str = "correlation",
+        overlap: int = 1,
+        min_group_size: int = 2,
+        source: str = "val",
+        head: str | None = None,
+        train: TrainConfig | dict | None = None,
+        top_n: int = 1,
+        max_iter: int = 100,
+        tolerance: float = 1e-6,
+        class_names: list[str] | None = None,
+        seed: int = 0,
+        jitter: int = 0,
+        **options,
+    ):
+        """``options`` are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus, num_gpus, tracker, ..."""
+        self.generalist = generalist.eval()
+        self.generalist_factory = generalist_factory or partial(copy.deepcopy, generalist)
+        find_head(generalist, head)  # fail now if there is no linear head to copy
+        self.n_specialists = n_specialists
+        self.hand_groups = groups
+        self.matrix = matrix
+        self.clustering, self.overlap, self.min_group_size = clustering, overlap, min_group_size
+        self.source = source
+        self.head = head
+        self.train_config = as_train_config(train or {"epochs": 8, "optimizer": {"lr": 0.01}})
+        self.top_n, self.max_iter, self.tolerance = top_n, max_iter, tolerance
+        self.class_names = class_names
+        self.seed, self.jitter = seed, jitter
+        self.options = FitOptions(**{"output_dir": "runs/specialists", **options})
+        self.specialists_: list[nn.Module] = []
+        self.results_: list[TrainResult] = []
+        self.run_ids_: dict[str, str] = {}
+        self.last_info_: dict = {}
+
+    @property
+    def groups(self) -> list[list[int]]:
+        return self.groups_
+
+    def choose_groups(self, held_out_x: torch.Tensor, num_classes: int) -> list[list[int]]:
+        names = self.class_names or [str(c) for c in range(num_classes)]
+        if self.hand_groups is not None:
+            return resolve_groups(self.hand_groups, names)
+        probs = torch.softmax(predict_logits(self.generalist, held_out_x), dim=1).numpy()
+        self.class_matrix_ = class_matrix(probs, self.matrix)
+        return cluster_classes(self.class_matrix_, self.n_specialists, self.clustering, self.overlap,
+                               self.min_group_size, self.seed)
+
+    def fit(self, train, val, test=None) -> "SpecialistEnsemble":
+        splits = {"train": materialize(train, "train"), "val": materialize(val, "val")}
+        if test is not None:
+            splits["test"] = materialize(test, "test")
+        self.num_classes_ = int(predict_logits(self.generalist, splits["val"].x[:2]).shape[1])
+        for name, split in splits.items():
+            check_split(split, self.num_classes_, name)
+        if self.source not in splits:
+            raise ConfigError(f"specialists.source: no split named {self.source!r}")
+        self.class_matrix_ = None
+        self.groups_ = self.choose_groups(splits[self.source].x, self.num_classes_)
+        generalist_state = {k: v.detach().cpu() for k, v in self.generalist.state_dict().items()}
+        identity = {"generalist": state_fingerprint(generalist_state), "head": self.head}
+        train_labels = splits["train"].y
+        specs = []
+        for m, group in enumerate(self.groups_):
+            natural_share = float(torch.isin(train_labels, torch.tensor(group)).float().mean())
+            if not 0 < natural_share < 1:
+                raise ConfigError(f"specialists: group {group} has no training examples inside or outside it")
+            factory = partial(build_specialist, self.generalist_factory, generalist_state, group,
+                              dustbin_correction(natural_share), self.head)
+            specs.append(TrainSpec(
+                f"specialist_{m}", "specialist", factory, self.train_config, self.seed + m, self.jitter,
+                target_map=dustbin_target_map(group, self.num_classes_),
+                sampler=GroupSampler(train_labels, group),
+                tags={"specialist_index": m, "group": group},
+                identity=identity,
+            ))
+        data_fingerprint = fingerprint({name: s.fingerprint() for name, s in splits.items()})
+        fitted = fit_specs(specs, splits, data_fingerprint, self.num_classes_, self.options)
+        self.results_, self.specialists_, self.run_ids_ = fitted.results, fitted.models, fitted.run_ids
+        return self
+
+    # --- inference ---
+
+    def _group_tensors(self) -> list[torch.Tensor]:
+        return [torch.tensor(g) for g in self.groups_]
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """Eq. 5: the generalist's distribution, refined by the specialists its top-n classes activate."""
+        if not self.specialists_:
+            raise RuntimeError("this SpecialistEnsemble is not fitted yet; call fit(train, val) first")
+        generalist_probs = torch.softmax(predict_logits(self.generalist, x, batch_size), dim=1)
+        return self.combine_probs(generalist_probs, lambda m, rows: predict_logits(self.specialists_[m], x[rows],
+                                                                                   batch_size))
+
+    def combine_probs(self, generalist_probs: torch.Tensor, specialist_logits: Callable) -> torch.Tensor:
+        """Eq. 5 given the generalist's probabilities and ``specialist_logits(m, rows)`` for active rows only."""
+        groups = self._group_tensors()
+        active = active_specialists(generalist_probs, groups, self.top_n)
+        specialist_probs = []
+        for m, group in enumerate(groups):
+            probs = torch.zeros(len(generalist_probs), len(group) + 1)
+            rows = active[:, m]
+            if rows.any():  # only examples that activate this specialist pay for its forward pass
+                probs[rows] = torch.softmax(specialist_logits(m, rows), dim=1)
+            specialist_probs.append(probs)
+        q, self.last_info_ = combine(generalist_probs, specialist_probs, groups, active, self.max_iter,
+                                     self.tolerance)
+        return q
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict_proba(x).argmax(dim=1)
+
+    def evaluate(self, test) -> dict:
+        split = materialize(test, "test")
+        generalist_probs = torch.softmax(predict_logits(self.generalist, split.x), dim=1)
+        combined = self.predict_proba(split.x)
+        return evaluate_combination(generalist_probs, combined, split.y, self.groups_,
+                                    self.class_names or [str(c) for c in range(self.num_classes_)])
+
+
+def evaluate_combination(generalist_probs, combined_probs, y, groups, class_names) -> dict:
+    """Generalist vs combined: accuracy, errors, per class, and the paper's Table 4 by covering specialists."""
+    g_ok = generalist_probs.argmax(1) == y
+    c_ok = combined_probs.argmax(1) == y
+    n = len(y)
+    covering = torch.zeros(n, dtype=torch.int64)
+    for group in groups:
+        covering += torch.isin(y, torch.tensor(group)).long()
+    by_covering = []
+    for count in range(int(covering.max()) + 1 if n else 0):
+        rows = covering == count
+        if not rows.any():
+            continue
+        before, after = int(g_ok[rows].sum()), int(c_ok[rows].sum())
+        by_covering.append({"covering": count, "examples": int(rows.sum()), "generalist_correct": before,
+                            "combined_correct": after, "delta_correct": after - before,
+                            "relative_change": (after - before) / before if before else 0.0})
+    per_class = []
+    for c, name in enumerate(class_names):
+        rows = y == c
+        per_class.append({"class": c, "name": name, "examples": int(rows.sum()),
+                          "generalist_errors": int((~g_ok[rows]).sum()), "combined_errors": int((~c_ok[rows]).sum())})
+    return {
+        "generalist_test_accuracy": float(g_ok.float().mean()), "generalist_test_errors": int((~g_ok).sum()),
+        "test_accuracy": float(c_ok.float().mean()), "test_errors": int((~c_ok).sum()),
+        "by_covering": by_covering, "per_class": per_class,
+    }

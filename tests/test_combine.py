@@ -1,0 +1,93 @@
+"""Eq. 5 against hand-checkable cases, scipy, and the gradient through the specialist terms."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from specialists.combine import active_specialists, collapse_log_probs, combine, eq5_objective
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Tight comparisons need double precision; restored so other tests keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_collapse_keeps_the_group_and_sums_the_rest_into_the_dustbin():
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    got = collapse_log_probs(q.log(), torch.tensor([1, 3])).exp()
+    assert torch.allclose(got, torch.tensor([[0.2, 0.4, 0.4]]))
+
+
+def test_no_active_specialist_leaves_the_generalist_untouched():
+    p_g = torch.softmax(torch.randn(6, 5), 1)
+    p_m = [torch.softmax(torch.randn(6, 3), 1)]
+    q, info = combine(p_g, p_m, [torch.tensor([0, 1])], torch.zeros(6, 1, dtype=torch.bool))
+    assert torch.equal(q, p_g) and info["iterations"] == 0
+
+
+def test_models_covering_every_class_combine_to_the_arithmetic_mean():
+    torch.manual_seed(0)
+    p_g = torch.softmax(torch.randn(4, 5), 1)
+    full = torch.arange(5)
+    p_ms = [torch.cat([torch.softmax(torch.randn(4, 5), 1), torch.zeros(4, 1)], 1) for _ in range(2)]
+    q, _ = combine(p_g, p_ms, [full, full], torch.ones(4, 2, dtype=torch.bool), max_iter=500, tolerance=1e-10)
+    expected = (p_g + p_ms[0][:, :5] + p_ms[1][:, :5]) / 3
+    assert torch.allclose(q, expected, atol=1e-6)
+
+
+def test_matches_scipy_on_a_small_case():
+    rng = np.random.default_rng(1)
+    p_g = torch.softmax(torch.tensor(rng.normal(size=(1, 5))), 1)
+    groups = [torch.tensor([0, 1]), torch.tensor([1, 2, 3])]
+    p_ms = [torch.softmax(torch.tensor(rng.normal(size=(1, 3)) * 2), 1),
+            torch.softmax(torch.tensor(rng.normal(size=(1, 4)) * 2), 1)]
+    active = torch.ones(1, 2, dtype=torch.bool)
+    q, _ = combine(p_g, p_ms, groups, active, max_iter=500, tolerance=1e-12)
+
+    def f(z):
+        return float(eq5_objective(torch.tensor(z)[None], p_g, p_ms, groups, active))
+
+    best = minimize(f, np.log(p_g.numpy()[0]), method="Nelder-Mead",
+                    options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 40000, "maxfev": 40000})
+    assert torch.allclose(q[0], torch.softmax(torch.tensor(best.x), 0), atol=1e-4)
+    assert f(np.log(q[0].numpy())) <= best.fun + 1e-9
+    assert not torch.allclose(q, p_g, atol=1e-3), "the specialists moved the answer"
+
+
+def test_the_gradient_reaches_q_through_the_specialist_terms():
+    """At q = p_g the generalist term is at its minimum, so all the gradient comes from the specialist.
+
+    Hand-computed for group {0, 1}, p_g = q = [0.5, 0.3, 0.2], p_m = [0.6, 0.2 | dustbin 0.2]:
+    ∂/∂z_i = q_i − [i∈S] p_m,i − [i∉S] p_m,dustbin · q_i / q_dustbin = [−0.1, 0.1, 0.0].
+    """
+    p_g = torch.tensor([[0.5, 0.3, 0.2]])
+    p_m = torch.tensor([[0.6, 0.2, 0.2]])
+    z = p_g.log().clone().requires_grad_(True)
+    eq5_objective(z, p_g, [p_m], [torch.tensor([0, 1])], torch.ones(1, 1, dtype=torch.bool)).sum().backward()
+    assert torch.allclose(z.grad, torch.tensor([[-0.1, 0.1, 0.0]]), atol=1e-12)
+    # The dustbin passes gradient to the classes outside the group too.
+    p_m2 = torch.tensor([[0.5, 0.2, 0.3]])
+    z2 = p_g.log().clone().requires_grad_(True)
+    eq5_objective(z2, p_g, [p_m2], [torch.tensor([0, 1])], torch.ones(1, 1, dtype=torch.bool)).sum().backward()
+    assert z2.grad[0, 2] == pytest.approx(0.2 - 0.3 * 0.2 / 0.2)
+
+
+def test_inactive_specialists_add_nothing():
+    p_g = torch.tensor([[0.5, 0.3, 0.2]])
+    z = torch.randn(1, 3)
+    with_off = eq5_objective(z, p_g, [torch.tensor([[0.9, 0.05, 0.05]])], [torch.tensor([0, 1])],
+                             torch.zeros(1, 1, dtype=torch.bool))
+    assert torch.allclose(with_off, (p_g * (p_g.log() - torch.log_softmax(z, 1))).sum(1))
+
+
+def test_active_specialists_follow_the_generalists_top_classes():
+    p_g = torch.tensor([[0.6, 0.3, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    groups = [torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([2, 3])]
+    assert active_specialists(p_g, groups, 1).tolist() == [[True, False, False], [False, False, True]]
+    assert active_specialists(p_g, groups, 2).tolist() == [[True, True, False], [False, True, True]]

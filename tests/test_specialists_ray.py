@@ -1,0 +1,122 @@
+"""SpecialistEnsemble on a real Ray and MLflow store, and ``distill specialists`` end to end."""
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ensemble import Tracker
+from ensemble.trainer import Trainer, TrainSpec
+from specialists import SpecialistEnsemble
+
+from conftest import quick_train, small_mlp_factory
+from test_cli import distill, runs_of
+
+
+@pytest.fixture(scope="module")
+def weak_generalist(digits, tmp_path_factory):
+    """Deliberately not perfect (tiny, two epochs), so the specialists have something to fix."""
+    factory = small_mlp_factory(digits.input_shape, digits.num_classes, hidden=(16,))
+    spec = TrainSpec("generalist", "generalist", factory, quick_train(2), seed=0)
+    splits = {"train": digits.train, "val": digits.val}
+    result = Trainer(spec, splits, tmp_path_factory.mktemp("generalist"), "g").fit()
+    model = factory()
+    model.load_state_dict(result.state_dict)
+    return model.eval(), factory
+
+
+@pytest.fixture(scope="module")
+def fitted(ray_cpu, weak_generalist, digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("spec")
+    tracker = Tracker(f"sqlite:///{out}/mlflow.db", "spec-test")
+    parent = tracker.start_run("parent")
+    model, factory = weak_generalist
+    spec = SpecialistEnsemble(model, factory, n_specialists=3, train=quick_train(4, optimizer={"lr": 0.02}),
+                              output_dir=out, tracker=tracker, parent_run_id=parent, show_progress=False)
+    spec.fit(digits.train, digits.val, digits.test)
+    tracker.end_run(parent)
+    return spec, tracker, parent
+
+
+def test_groups_partition_confusable_classes(fitted):
+    spec, *_ = fitted
+    assert 1 <= len(spec.groups) <= 3
+    flat = [c for g in spec.groups for c in g]
+    assert len(flat) == len(set(flat)), "disjoint without overlap"
+    assert all(2 <= len(g) < 10 for g in spec.groups)
+
+
+def test_specialists_fix_some_of_the_generalists_errors(fitted, digits):
+    spec, *_ = fitted
+    report = spec.evaluate(digits.test)
+    assert report["generalist_test_errors"] > 20, "the generalist is weak enough to leave something to fix"
+    assert report["test_errors"] < report["generalist_test_errors"]
+    rows = report["by_covering"]
+    assert sum(r["examples"] for r in rows) == len(digits.test)
+    assert sum(r["delta_correct"] for r in rows) == report["generalist_test_errors"] - report["test_errors"]
+    assert sum(c["combined_errors"] for c in report["per_class"]) == report["test_errors"]
+
+
+def test_predict_proba_is_a_distribution_and_inactive_rows_keep_the_generalist(fitted, digits):
+    spec, *_ = fitted
+    x = digits.test.x[:64]
+    q = spec.predict_proba(x)
+    assert torch.allclose(q.sum(1), torch.ones(64), atol=1e-5)
+    with torch.no_grad():
+        p_g = torch.softmax(spec.generalist(x), 1)
+    covered = torch.tensor([c for g in spec.groups for c in g])
+    outside = ~torch.isin(p_g.argmax(1), covered)
+    assert torch.allclose(q[outside], p_g[outside])
+    assert spec.last_info_["iterations"] > 0
+
+
+def test_each_specialist_has_a_nested_run_with_its_group(fitted):
+    spec, tracker, parent = fitted
+    client = MlflowClient(tracker.uri)
+    runs = client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(runs) == len(spec.groups)
+    for run in runs:
+        assert run.data.tags["role"] == "specialist"
+        index = int(run.data.tags["specialist_index"])
+        assert run.data.params["group"] == str(spec.groups[index])
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 4
+
+
+def test_specialists_command_end_to_end(tmp_path):
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--output-dir", str(out), "--tracking-uri", uri, "--no-progress",
+            "--set", "ensemble.members=1", "--set", "ensemble.train.epochs=3",
+            "--set", "specialists.train.epochs=2"]
+    done = distill("specialists", *args)
+    assert done.returncode == 0, done.stderr
+    assert "generalist vs generalist + specialists" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    spec = results["specialists"]
+    assert spec["groups"] and all(isinstance(c, int) for g in spec["groups"] for c in g)
+    assert 0 < spec["generalist_test_accuracy"] <= 1 and 0 < spec["test_accuracy"] <= 1
+    assert {"covering", "examples", "delta_correct"} <= set(spec["by_covering"][0])
+    assert results["generalist"]["test_accuracy"] == pytest.approx(spec["generalist_test_accuracy"])
+    client = MlflowClient(uri)
+    parent = results["mlflow"]["parent_run_id"]
+    artifacts = {a.path for a in client.list_artifacts(parent, "specialists")}
+    assert artifacts == {"specialists/groups.json", "specialists/class_matrix.png"}
+    assert (out / "specialists" / "class_matrix.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("override, message", [
+    ("specialists.count=11", "specialists.count: 11 specialists for 10 classes"),
+    ("specialists.groups=[[1, 7], [4]]", "specialists.groups[1]: a specialist needs at least two classes"),
+    ("specialists.groups=[[1, 12]]", "specialists.groups[0]: unknown class 12"),
+])
+def test_bad_specialist_input_fails_the_run_in_one_line(tmp_path, override, message):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = distill("specialists", "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri, "--no-progress",
+                   "--set", "ensemble.members=1", "--set", "ensemble.train.epochs=1", "--set", override)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {message}") and "Traceback" not in done.stderr
+    _, runs = runs_of(uri)
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in parent] == ["FAILED"]
+    assert not (tmp_path / "out" / "ensemble").exists(), "checked against the data before any training"
