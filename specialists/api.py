@@ -45,6 +45,7 @@ class SpecialistEnsemble:
         head: str | None = None,
         train: TrainConfig | dict | None = None,
         top_n: int = 1,
+        solver: str = "em",
         max_iter: int = 100,
         tolerance: float = 1e-6,
         class_names: list[str] | None = None,
@@ -63,7 +64,7 @@ class SpecialistEnsemble:
         self.source = source
         self.head = head
         self.train_config = as_train_config(train or {"epochs": 8, "optimizer": {"lr": 0.01}})
-        self.top_n, self.max_iter, self.tolerance = top_n, max_iter, tolerance
+        self.top_n, self.solver, self.max_iter, self.tolerance = top_n, solver, max_iter, tolerance
         self.class_names = class_names
         self.seed, self.jitter = seed, jitter
         self.options = FitOptions(**{"output_dir": "runs/specialists", **options})
@@ -126,26 +127,30 @@ class SpecialistEnsemble:
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """Eq. 5: the generalist's distribution, refined by the specialists its top-n classes activate."""
+        q, self.last_info_ = combine(*self.combination_inputs(x, batch_size), self.max_iter, self.tolerance,
+                                     self.solver)
+        return q
+
+    @torch.no_grad()
+    def combination_inputs(self, x: torch.Tensor, batch_size: int = 4096) -> tuple:
+        """``(p_g, [p_m], groups, active)`` for :func:`specialists.combine.combine`.
+
+        Each specialist runs only on the examples that activate it, so the cost grows with the number of
+        active specialists per example (about one with top-1 and disjoint groups), not with their count.
+        """
         if not self.specialists_:
             raise RuntimeError("this SpecialistEnsemble is not fitted yet; call fit(train, val) first")
         generalist_probs = torch.softmax(predict_logits(self.generalist, x, batch_size), dim=1)
-        return self.combine_probs(generalist_probs, lambda m, rows: predict_logits(self.specialists_[m], x[rows],
-                                                                                   batch_size))
-
-    def combine_probs(self, generalist_probs: torch.Tensor, specialist_logits: Callable) -> torch.Tensor:
-        """Eq. 5 given the generalist's probabilities and ``specialist_logits(m, rows)`` for active rows only."""
         groups = self._group_tensors()
         active = active_specialists(generalist_probs, groups, self.top_n)
         specialist_probs = []
         for m, group in enumerate(groups):
-            probs = torch.zeros(len(generalist_probs), len(group) + 1)
+            probs = torch.zeros(len(x), len(group) + 1)
             rows = active[:, m]
-            if rows.any():  # only examples that activate this specialist pay for its forward pass
-                probs[rows] = torch.softmax(specialist_logits(m, rows), dim=1)
+            if rows.any():
+                probs[rows] = torch.softmax(predict_logits(self.specialists_[m], x[rows], batch_size), dim=1)
             specialist_probs.append(probs)
-        q, self.last_info_ = combine(generalist_probs, specialist_probs, groups, active, self.max_iter,
-                                     self.tolerance)
-        return q
+        return generalist_probs, specialist_probs, groups, active
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict_proba(x).argmax(dim=1)

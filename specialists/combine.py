@@ -6,9 +6,20 @@ For one example, with generalist distribution ``p_g`` and active specialists ``A
     q* = argmin_q  KL(p_g ‖ q) + Σ_{m ∈ A} KL(p_m ‖ q^m)                                     (Eq. 5)
 
 where ``q^m`` collapses q onto specialist m's classes plus a dustbin holding ``Σ_{j ∉ S_m} q_j``. There is
-no closed form: q = softmax(z) and z is optimised by L-BFGS, batched over examples (the objective is a
-sum of independent per-example terms). The dustbin is a sum of *probabilities*, computed as a
-``logsumexp`` of log-probabilities, so the specialist terms pass gradient to every class.
+no closed form. Two solvers, both batched over examples (the objective is a sum of per-example terms):
+
+- ``"em"`` (default): Eq. 5 is the negative log-likelihood of q given "observations" p_g and p_m in which a
+  specialist's dustbin mass is a *coarsened* observation ("some class outside S_m"). Expectation-
+  maximisation shares that mass among the outside classes in proportion to the current q and renormalises::
+
+      q_i ← ( p_g,i + Σ_{m∈A} ([i ∈ S_m] p_m,i + [i ∉ S_m] p_m,dustbin · q_i / Σ_{j∉S_m} q_j) ) / (1 + |A|)
+
+  Every step lowers Eq. 5, its fixed points are exactly the points where the gradient below vanishes, and
+  a step costs two small matrix products, so it is far cheaper than a line search.
+- ``"lbfgs"``: q = softmax(z) and the logits z are optimised by L-BFGS on :func:`eq5_objective`.
+
+In the objective the dustbin is a sum of *probabilities*, computed as a ``logsumexp`` of log-probabilities,
+so the specialist terms pass gradient to every class.
 """
 
 from __future__ import annotations
@@ -63,6 +74,7 @@ def combine(
     active: torch.Tensor,
     max_iter: int = 100,
     tolerance: float = 1e-6,
+    solver: str = "em",
 ) -> tuple[torch.Tensor, dict]:
     """Solve Eq. 5 for every example with an active specialist; the others keep the generalist's q.
 
@@ -73,9 +85,41 @@ def combine(
     rows = active.any(dim=1)
     if not rows.any():
         return q, {"iterations": 0, "optimised_examples": 0}
-    p_g = generalist_probs[rows]
-    p_m = [p[rows] for p in specialist_probs]
-    act = active[rows]
+    args = (generalist_probs[rows], [p[rows] for p in specialist_probs], groups, active[rows], max_iter, tolerance)
+    if solver == "em":
+        q[rows], iterations = _solve_em(*args)
+    elif solver == "lbfgs":
+        q[rows], iterations = _solve_lbfgs(*args)
+    else:
+        raise ValueError(f"solver must be 'em' or 'lbfgs', got {solver!r}")
+    return q, {"iterations": iterations, "optimised_examples": int(rows.sum())}
+
+
+def _solve_em(p_g, p_m, groups, active, max_iter, tolerance) -> tuple[torch.Tensor, int]:
+    num_classes = p_g.shape[1]
+    outside = torch.ones(len(groups), num_classes, dtype=p_g.dtype)  # (M, C): 1 where class j ∉ S_m
+    base = p_g.clone()  # the fixed part of the counts: p_g plus each active specialist's in-group mass
+    dustbin = torch.zeros(len(p_g), len(groups), dtype=p_g.dtype)  # (N, M): active specialists' dustbin mass
+    for m, (probs, group) in enumerate(zip(p_m, groups)):
+        outside[m, group] = 0
+        on = active[:, m].to(p_g.dtype)
+        base[:, group] += on[:, None] * probs[:, :-1]
+        dustbin[:, m] = on * probs[:, -1]
+    q = p_g.clone()
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        outside_mass = q @ outside.T  # (N, M): Σ_{j∉S_m} q_j
+        share = torch.where(outside_mass > 0, dustbin / outside_mass.clamp_min(1e-30), torch.zeros_like(dustbin))
+        counts = base + q * (share @ outside)
+        new_q = counts / counts.sum(dim=1, keepdim=True)
+        change = float((new_q - q).abs().max())
+        q = new_q
+        if change < tolerance:
+            break
+    return q, iterations
+
+
+def _solve_lbfgs(p_g, p_m, groups, active, max_iter, tolerance) -> tuple[torch.Tensor, int]:
     # Start at the generalist's answer: where the specialists agree with it, nothing moves.
     z = torch.log(p_g.clamp_min(torch.finfo(p_g.dtype).tiny)).detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance, tolerance_change=1e-12,
@@ -83,11 +127,10 @@ def combine(
 
     def closure():
         optimizer.zero_grad()
-        loss = eq5_objective(z, p_g, p_m, groups, act).sum()
+        loss = eq5_objective(z, p_g, p_m, groups, active).sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
-    q[rows] = torch.softmax(z.detach(), dim=1)
-    return q, {"iterations": int(optimizer.state[z].get("n_iter", 0)), "optimised_examples": int(rows.sum())}
+    return torch.softmax(z.detach(), dim=1), int(optimizer.state[z].get("n_iter", 0))

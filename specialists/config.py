@@ -16,8 +16,9 @@ def _specialist_train() -> TrainConfig:
 
 class CombineConfig(Section):
     top_n: int = Field(1, ge=1, description="the generalist's n most probable classes choose the active specialists")
-    max_iter: int = Field(100, gt=0, description="L-BFGS iterations for Eq. 5")
-    tolerance: float = Field(1e-6, gt=0, description="stop when the largest gradient entry falls below this")
+    solver: Literal["em", "lbfgs"] = Field("em", description="EM fixed point (fast) or L-BFGS on the logits of q")
+    max_iter: int = Field(100, gt=0, description="solver iterations for Eq. 5")
+    tolerance: float = Field(1e-6, gt=0, description="stop when q (em) or the gradient (lbfgs) changes less")
 
 
 class SpecialistsConfig(Section):

@@ -98,8 +98,12 @@ def resolve_groups(groups: list[list[int | str]], class_names: list[str]) -> lis
     return resolved
 
 
-def plot_covariance(covariance: np.ndarray, groups: list[list[int]], class_names: list[str]):
-    """Heatmap with rows and columns ordered by group and the group borders drawn."""
+def plot_covariance(covariance: np.ndarray, groups: list[list[int]], class_names: list[str],
+                    title: str = "covariance of the generalist's predictions"):
+    """Heatmap with rows and columns ordered by group and the group borders drawn.
+
+    The colour scale is set by the off-diagonal entries (the diagonal saturates), which carry the confusions.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,8 +117,9 @@ def plot_covariance(covariance: np.ndarray, groups: list[list[int]], class_names
     order += [c for c in range(len(class_names)) if c not in order]
     size = min(12, 3 + 0.35 * len(order))
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    image = ax.imshow(covariance[np.ix_(order, order)], cmap="RdBu_r",
-                      vmin=-np.abs(covariance).max(), vmax=np.abs(covariance).max())
+    off_diagonal = covariance - np.diag(np.diag(covariance))
+    limit = np.abs(off_diagonal).max() or 1.0
+    image = ax.imshow(covariance[np.ix_(order, order)], cmap="RdBu_r", vmin=-limit, vmax=limit)
     fig.colorbar(image, ax=ax, shrink=0.8)
     start = 0
     for end in borders:
@@ -125,6 +130,6 @@ def plot_covariance(covariance: np.ndarray, groups: list[list[int]], class_names
         labels = [class_names[c] for c in order]
         ax.set_xticks(range(len(order)), labels, rotation=90)
         ax.set_yticks(range(len(order)), labels)
-    ax.set_title("covariance of the generalist's predictions, ordered by specialist group")
+    ax.set_title(f"{title}, ordered by specialist group")
     fig.tight_layout()
     return fig

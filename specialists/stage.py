@@ -51,6 +51,7 @@ def run_specialist_stage(
         head=section.head,
         train=section.train,
         top_n=section.combine.top_n,
+        solver=section.combine.solver,
         max_iter=section.combine.max_iter,
         tolerance=section.combine.tolerance,
         class_names=data.class_names,
@@ -96,7 +97,8 @@ def _save_artifacts(specialists, summary, class_names, stage_dir: Path, tracker,
     if specialists.class_matrix_ is not None:
         import matplotlib.pyplot as plt
 
-        figure = plot_covariance(specialists.class_matrix_, summary["groups"], class_names)
+        figure = plot_covariance(specialists.class_matrix_, summary["groups"], class_names,
+                                 f"{specialists.matrix} of the generalist's predictions")
         heatmap = stage_dir / "class_matrix.png"
         figure.savefig(heatmap, dpi=110)
         plt.close(figure)

@@ -31,24 +31,30 @@ def test_no_active_specialist_leaves_the_generalist_untouched():
     assert torch.equal(q, p_g) and info["iterations"] == 0
 
 
-def test_models_covering_every_class_combine_to_the_arithmetic_mean():
+SOLVERS = pytest.mark.parametrize("solver", ["em", "lbfgs"])
+
+
+@SOLVERS
+def test_models_covering_every_class_combine_to_the_arithmetic_mean(solver):
     torch.manual_seed(0)
     p_g = torch.softmax(torch.randn(4, 5), 1)
     full = torch.arange(5)
     p_ms = [torch.cat([torch.softmax(torch.randn(4, 5), 1), torch.zeros(4, 1)], 1) for _ in range(2)]
-    q, _ = combine(p_g, p_ms, [full, full], torch.ones(4, 2, dtype=torch.bool), max_iter=500, tolerance=1e-10)
+    q, _ = combine(p_g, p_ms, [full, full], torch.ones(4, 2, dtype=torch.bool), max_iter=5000, tolerance=1e-10,
+                   solver=solver)
     expected = (p_g + p_ms[0][:, :5] + p_ms[1][:, :5]) / 3
     assert torch.allclose(q, expected, atol=1e-6)
 
 
-def test_matches_scipy_on_a_small_case():
+@SOLVERS
+def test_matches_scipy_on_a_small_case(solver):
     rng = np.random.default_rng(1)
     p_g = torch.softmax(torch.tensor(rng.normal(size=(1, 5))), 1)
     groups = [torch.tensor([0, 1]), torch.tensor([1, 2, 3])]
     p_ms = [torch.softmax(torch.tensor(rng.normal(size=(1, 3)) * 2), 1),
             torch.softmax(torch.tensor(rng.normal(size=(1, 4)) * 2), 1)]
     active = torch.ones(1, 2, dtype=torch.bool)
-    q, _ = combine(p_g, p_ms, groups, active, max_iter=500, tolerance=1e-12)
+    q, _ = combine(p_g, p_ms, groups, active, max_iter=5000, tolerance=1e-12, solver=solver)
 
     def f(z):
         return float(eq5_objective(torch.tensor(z)[None], p_g, p_ms, groups, active))
@@ -58,6 +64,23 @@ def test_matches_scipy_on_a_small_case():
     assert torch.allclose(q[0], torch.softmax(torch.tensor(best.x), 0), atol=1e-4)
     assert f(np.log(q[0].numpy())) <= best.fun + 1e-9
     assert not torch.allclose(q, p_g, atol=1e-3), "the specialists moved the answer"
+
+
+def test_em_lowers_the_objective_at_every_step_and_agrees_with_lbfgs():
+    torch.manual_seed(3)
+    n, groups = 50, [torch.tensor([0, 1, 2]), torch.tensor([2, 3]), torch.tensor([5, 6, 7])]
+    p_g = torch.softmax(torch.randn(n, 8) * 2, 1)
+    p_ms = [torch.softmax(torch.randn(n, len(g) + 1) * 2, 1) for g in groups]
+    active = torch.rand(n, 3) > 0.4
+    values = []
+    for steps in (1, 2, 4, 8, 16):
+        q, _ = combine(p_g, p_ms, groups, active, max_iter=steps, tolerance=0.0, solver="em")
+        values.append(float(eq5_objective(q.log(), p_g, p_ms, groups, active).sum()))
+    assert all(later <= earlier + 1e-12 for earlier, later in zip(values, values[1:]))
+    q_em, info = combine(p_g, p_ms, groups, active, max_iter=5000, tolerance=1e-12, solver="em")
+    q_lbfgs, _ = combine(p_g, p_ms, groups, active, max_iter=1000, tolerance=1e-12, solver="lbfgs")
+    assert torch.allclose(q_em, q_lbfgs, atol=1e-5)
+    assert info["optimised_examples"] == int(active.any(1).sum())
 
 
 def test_the_gradient_reaches_q_through_the_specialist_terms():
