@@ -20,7 +20,7 @@ import ray
 from common import mnist, report
 from ensemble.config import TrainConfig
 from ensemble.models import build_model
-from ensemble.runner import Resources, TrainJob, put_splits, train_many
+from ensemble.runner import Resources, TrainJob, train_many
 from ensemble.trainer import TrainSpec
 
 
@@ -32,9 +32,8 @@ def run_case(workers: int, members: int, data, train: TrainConfig) -> dict:
         with tempfile.TemporaryDirectory() as root:
             jobs = [TrainJob(TrainSpec(f"member_{i}", "member", factory, train, seed=i), Path(root) / str(i),
                              f"bench-{i}", Resources(num_cpus=1)) for i in range(members)]
-            ref = put_splits(splits)
             started = time.perf_counter()
-            results = train_many(jobs, ref, show_progress=False)
+            results = train_many(jobs, splits, show_progress=False)
             wall = time.perf_counter() - started
     finally:
         ray.shutdown()

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble = commands.add_parser("ensemble", help="train the ensemble members and the generalist on Ray")
     _common(ensemble)
     ensemble.add_argument("--no-progress", action="store_true", help="no live progress view")
+    run = commands.add_parser("run", help="the whole pipeline: ensemble -> specialists -> student, with a report")
+    _common(run)
+    run.add_argument("--no-progress", action="store_true", help="no live progress view")
     specialists = commands.add_parser(
         "specialists", help="train dustbin specialists for the generalist's confusable classes (runs the ensemble "
         "stage first when its outputs are missing)")
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .pipeline import run
 
-            run(config, until=args.command, show_progress=not args.no_progress)
+            run(config, until="student" if args.command == "run" else args.command,
+                show_progress=not args.no_progress)
     except DistillError as err:
         if args.debug:
             traceback.print_exc()

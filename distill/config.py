@@ -4,18 +4,54 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from typing import Literal
 
-from ensemble.config import StageConfig, dump_config, fingerprint, load_config as _load
+from pydantic import Field, field_validator
+
+from ensemble.config import (
+    ModelConfig, ResourcesConfig, Section, StageConfig, TrainConfig, dump_config, fingerprint, load_config as _load,
+)
 from specialists.config import SpecialistsConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
 
 
+class TransferConfig(Section):
+    fraction: float = Field(1.0, gt=0, le=1, description="seeded share of the training split (the paper's 3%)")
+    omit_classes: list[int] = Field(default_factory=list, description="classes left out (the paper's 'no 3s')")
+    only_classes: list[int] | None = Field(None, description="keep only these classes (the paper's 7s and 8s)")
+
+
+class StudentConfig(Section):
+    enabled: bool = True
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", params={"hidden": [32]}))
+    teacher: Literal["ensemble", "generalist", "specialists"] = "ensemble"
+    mean: Literal["arithmetic", "geometric"] | None = Field(None, description="default: ensemble.mean")
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha on the hard labels")
+    loss: str = Field("kd", description="a registered loss: kd, logit_matching, ce, ...")
+    baseline: bool = Field(True, description="also train the same student on hard labels alone")
+    jitter: int = Field(0, ge=0, description="augment the student's inputs; the teacher then runs online")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    registered_model: str | None = Field("distilled-student", description="MLflow model registry name")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        from .losses import LOSSES
+
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+        return name
+
+
 class Config(StageConfig):
-    """Root of the config: the ensemble stage's sections plus ``specialists`` (and later ``student``)."""
+    """Root of the config: the ensemble stage's sections plus ``specialists`` and ``student``."""
 
     specialists: SpecialistsConfig = Field(default_factory=SpecialistsConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

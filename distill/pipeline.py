@@ -11,9 +11,9 @@ from ensemble.tracking import Tracker
 from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash, dump_config
-from .report import print_ensemble_summary, print_specialists_summary
+from .report import print_ensemble_summary, print_specialists_summary, print_summary, summary_rows, write_report
 
-STAGES = ("ensemble", "specialists")
+STAGES = ("ensemble", "specialists", "student")
 
 
 def update_results(path: Path, sections: dict) -> dict:
@@ -24,7 +24,7 @@ def update_results(path: Path, sections: dict) -> dict:
     return results
 
 
-def run(config: Config, until: str = "specialists", show_progress: bool = True) -> dict:
+def run(config: Config, until: str = "student", show_progress: bool = True) -> dict:
     """Run the stages up to ``until``; each reuses what earlier invocations finished on disk."""
     stages = STAGES[: STAGES.index(until) + 1]
     output_dir = Path(config.output_dir)
@@ -40,23 +40,43 @@ def run(config: Config, until: str = "specialists", show_progress: bool = True) 
             check_section(config.specialists, data)
         ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
         _log_ensemble_metrics(tracker, parent_id, sections)
+        trained = {"ensemble": ensemble}
         if "specialists" in stages and config.specialists.enabled:
-            _, more = run_specialist_stage(config, config.specialists, data, ensemble, output_dir, tracker,
-                                           parent_id, show_progress)
+            trained["specialists"], more = run_specialist_stage(config, config.specialists, data, ensemble,
+                                                                output_dir, tracker, parent_id, show_progress)
+            sections.update(more)
+        if "student" in stages and config.student.enabled:
+            from .stage import run_student_stage
+
+            trained["student"], more = run_student_stage(config, data, ensemble, trained.get("specialists"),
+                                                         output_dir, tracker, parent_id, show_progress)
             sections.update(more)
         sections["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
                               "parent_run_id": parent_id}
+        if until == "student":
+            sections["summary"] = summary_rows(sections, trained)
         results = update_results(output_dir / "results.json", sections)
+        if until == "student":
+            for path in write_report(results, trained, data, output_dir):
+                tracker.log_artifact(parent_id, path, "report")
         tracker.log_artifact(parent_id, output_dir / "results.json")
-    print_ensemble_summary(results)
-    if "specialists" in sections:
-        print_specialists_summary(results)
+    if until == "student":
+        print_summary(results)
+    else:
+        print_ensemble_summary(results)
+        if "specialists" in sections:
+            print_specialists_summary(results)
     return results
 
 
 def run_ensemble(config: Config, show_progress: bool = True) -> dict:
     """``distill ensemble``: train the members and the generalist, score them, write ``results.json``."""
     return run(config, "ensemble", show_progress)
+
+
+def run_pipeline(config: Config, show_progress: bool = True) -> dict:
+    """``distill run``: ensemble, specialists, student; each finished model is reused from disk."""
+    return run(config, "student", show_progress)
 
 
 def run_specialists(config: Config, show_progress: bool = True) -> dict:

@@ -75,7 +75,8 @@ class Ensemble:
         self.num_classes_ = num_classes or int(splits["train"].y.max()) + 1
         for name, split in splits.items():
             check_split(split, self.num_classes_, name)
-        self.data_fingerprint_ = fingerprint({name: s.fingerprint() for name, s in splits.items()})
+        self.split_fingerprints_ = {name: split.fingerprint() for name, split in splits.items()}
+        self.data_fingerprint_ = fingerprint(self.split_fingerprints_)
         fitted = fit_specs(self._specs(), splits, self.data_fingerprint_, self.num_classes_, self.options)
         self.results_, self.run_ids_ = fitted.results, fitted.run_ids
         self.members_ = fitted.models[: len(self.member_factories)]

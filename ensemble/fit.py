@@ -9,9 +9,9 @@ from torch import nn
 
 from .data import Split
 from .models import check_output_width
-from .runner import Resources, TrainJob, check_feasible, connect_ray, put_splits, train_many
+from .runner import Resources, TrainJob, check_feasible, connect_ray, train_many
 from .tracking import Tracker
-from .trainer import TrainResult, TrainSpec, epoch_metrics
+from .trainer import Trainer, TrainResult, TrainSpec, epoch_metrics
 
 
 @dataclass
@@ -54,15 +54,17 @@ def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
     for spec in specs:
         width = num_classes if spec.target_map is None else int(spec.target_map.max()) + 1
         check_output_width(spec.model_factory(), input_shape, width, spec.name)
-    connect_ray(options.ray_address, options.ray_num_cpus, options.ray_num_gpus)
-    check_feasible({spec.name: options.resources for spec in specs})
     jobs = []
     for spec in specs:
         fp = spec.fingerprint(data_fingerprint)
         jobs.append(TrainJob(spec, Path(options.output_dir) / f"{spec.name}-{fp}", fp, options.resources))
+    if not all(Trainer(job.spec, {}, job.workdir, job.fingerprint).is_finished() for job in jobs):
+        # Only unfinished work needs a cluster: a rerun of finished stages starts no Ray at all.
+        connect_ray(options.ray_address, options.ray_num_cpus, options.ray_num_gpus)
+        check_feasible({spec.name: options.resources for spec in specs})
     run_ids = _start_runs(jobs, options)
     try:
-        results = train_many(jobs, put_splits(splits), show_progress=options.show_progress)
+        results = train_many(jobs, splits, show_progress=options.show_progress)
     except BaseException as err:
         _end_runs(run_ids, options.tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise

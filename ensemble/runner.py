@@ -105,11 +105,15 @@ class TrainJob:
 
 def put_splits(splits: dict[str, Split]):
     """Put the data in the object store once; every actor on a node maps the same shared memory."""
+    if not ray.is_initialized():
+        return None  # everything is finished on disk: no actor will read the data
     return ray.put({name: to_numpy(split) for name, split in splits.items()})
 
 
-def train_many(jobs: list[TrainJob], data_ref, show_progress: bool = True, max_restarts: int = 2) -> list[TrainResult]:
+def train_many(jobs: list[TrainJob], splits: dict[str, Split], show_progress: bool = True,
+               max_restarts: int = 2) -> list[TrainResult]:
     """Train every job concurrently as resources allow; finished work on disk is reused without an actor."""
+    data_ref = put_splits(splits)
     results: dict[int, TrainResult] = {}
     pending: dict = {}
     actors: dict[int, ray.actor.ActorHandle] = {}
@@ -118,6 +122,9 @@ def train_many(jobs: list[TrainJob], data_ref, show_progress: bool = True, max_r
         if finished is not None:
             results[i] = finished
             continue
+        if data_ref is None:  # a finished-looking model failed to load: it needs training after all
+            connect_ray()
+            data_ref = put_splits(splits)
         actor = TrainerActor.options(
             num_cpus=job.resources.num_cpus,
             num_gpus=job.resources.num_gpus,

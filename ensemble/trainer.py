@@ -123,6 +123,13 @@ class Trainer:
 
     # --- finished work on disk ---
 
+    def is_finished(self) -> bool:
+        """Cheap check (no tensors loaded): a result for this exact fingerprint is on disk."""
+        import json
+
+        summary_path = self.workdir / "result.json"
+        return summary_path.is_file() and json.loads(summary_path.read_text()).get("fingerprint") == self.fingerprint
+
     def load_finished(self) -> TrainResult | None:
         summary_path = self.workdir / "result.json"
         if not summary_path.is_file():

@@ -1,0 +1,186 @@
+"""``Distiller``: train one small student on a teacher's soft targets (paper §2), through the shared Ray trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ensemble.api import Ensemble, as_train_config
+from ensemble.config import TrainConfig, fingerprint
+from ensemble.data import Split, check_split, materialize
+from ensemble.errors import DataError
+from ensemble.fit import FitOptions, fit_specs
+from ensemble.trainer import TrainResult, TrainSpec, predict_logits
+from specialists.api import SpecialistEnsemble
+from specialists.dustbin import find_head
+
+from .export import export_torchscript
+from .objective import DistillationObjective
+from .teachers import OnlineTeacher, TeacherCache, teacher_outputs
+from .transfer import SubsetSampler, choose_bias_shift, left_out_classes, shifted, transfer_indices
+
+
+class Distiller:
+    """Distil ``teacher`` (an :class:`Ensemble`, a :class:`SpecialistEnsemble`, or any ``nn.Module``) into a student.
+
+    >>> d = Distiller(ens, student_factory, temperature=20, alpha=0.9).fit(train, val, test)
+    >>> d.evaluate(test); d.export("student.pt")
+    """
+
+    def __init__(
+        self,
+        teacher: Ensemble | SpecialistEnsemble | nn.Module,
+        student_factory: Callable[[], nn.Module],
+        *,
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        loss: str = "kd",
+        mean: str = "arithmetic",
+        train: TrainConfig | dict | None = None,
+        baseline: bool = False,
+        fraction: float = 1.0,
+        omit_classes: list[int] = (),
+        only_classes: list[int] | None = None,
+        use_cache: bool | None = None,
+        seed: int = 0,
+        jitter: int = 0,
+        **options,
+    ):
+        """``use_cache``: None uses the teacher's cached logits when they were made on this training split;
+        True requires them (a cache for other data is an error); False always runs the teacher.
+        ``options`` are :class:`ensemble.fit.FitOptions` (output_dir, num_cpus, num_gpus, tracker, ...)."""
+        DistillationObjective(loss, temperature, alpha)  # validates the three before any work
+        self.teacher = teacher
+        self.student_factory = student_factory
+        self.temperature, self.alpha, self.loss, self.mean = temperature, alpha, loss, mean
+        self.train_config = as_train_config(train)
+        self.baseline = baseline
+        self.fraction, self.omit_classes, self.only_classes = fraction, list(omit_classes), only_classes
+        self.use_cache = use_cache
+        self.seed, self.jitter = seed, jitter
+        self.options = FitOptions(**{"output_dir": "runs/student", **options})
+        self.results_: list[TrainResult] = []
+        self.run_ids_: dict[str, str] = {}
+        self.bias_shift_ = 0.0
+
+    # --- the teacher's side ---
+
+    def _kind(self) -> str:
+        if isinstance(self.teacher, Ensemble):
+            return "ensemble"
+        if isinstance(self.teacher, SpecialistEnsemble):
+            return "specialists"
+        return "generalist"
+
+    def online_teacher(self) -> OnlineTeacher:
+        kind, t = self._kind(), self.teacher
+        if kind == "ensemble":
+            return OnlineTeacher(kind, members=t.members_, mean=self.mean)
+        if kind == "specialists":
+            return OnlineTeacher(kind, t.generalist, specialists=t.specialists_, groups=t.groups, top_n=t.top_n)
+        return OnlineTeacher(kind, t.eval())
+
+    def teacher_cache(self, train: Split) -> TeacherCache:
+        """Targets for every training example, row i = example i: the teacher's own cache when it has one."""
+        split_fingerprint = train.fingerprint()
+        kind = self._kind()
+        cached = kind == "ensemble" and self.teacher.split_fingerprints_.get("train") == split_fingerprint
+        if self.use_cache and not cached:
+            have = getattr(self.teacher, "split_fingerprints_", {}).get("train", "none")
+            raise DataError(f"teacher cache: made for another dataset or split (fingerprint {have}, the transfer "
+                            f"data has {split_fingerprint}); pass use_cache=None to run the teacher instead")
+        if cached and self.use_cache is not False:
+            members = torch.stack(list(self.teacher.cached_logits("train").values())[: len(self.teacher.members_)])
+            outputs = teacher_outputs("ensemble", {"members": members}, self.temperature, self.mean)
+        else:
+            teacher, chunks = self.online_teacher(), []
+            for start in range(0, len(train), 4096):
+                chunks.append(teacher(train.x[start : start + 4096], self.temperature))
+            outputs = type(chunks[0])(torch.cat([c.probs for c in chunks]), torch.cat([c.logits for c in chunks]))
+        return TeacherCache(outputs, split_fingerprint)
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's log-probabilities at T = 1 (its predictions) for any inputs."""
+        return self.online_teacher()(x, 1.0).logits
+
+    # --- training ---
+
+    def fit(self, transfer, val, test=None) -> "Distiller":
+        splits = {"train": materialize(transfer, "transfer"), "val": materialize(val, "val")}
+        if test is not None:
+            splits["test"] = materialize(test, "test")
+        num_classes = int(self.teacher_logits(splits["val"].x[:2]).shape[1])
+        for name, split in splits.items():
+            check_split(split, num_classes, name)
+        teacher_id = self._kind()
+        if self.jitter:
+            objective = DistillationObjective(self.loss, self.temperature, self.alpha,
+                                              teacher=self.online_teacher(), teacher_id=teacher_id)
+        else:
+            cache = self.teacher_cache(splits["train"])
+            objective = DistillationObjective(self.loss, self.temperature, self.alpha, cache=cache.outputs,
+                                              teacher_id=f"{teacher_id}:{fingerprint(cache.outputs.probs.tolist()[:50])}")
+        self.transfer_indices_ = transfer_indices(splits["train"].y, self.fraction, self.omit_classes,
+                                                  self.only_classes, self.seed)
+        sampler = SubsetSampler(self.transfer_indices_)
+        specs = [TrainSpec("student", "student", self.student_factory, self.train_config, self.seed, self.jitter,
+                           objective=objective, sampler=sampler, tags={"teacher": teacher_id})]
+        if self.baseline:
+            specs.append(TrainSpec("student_baseline", "student_baseline", self.student_factory, self.train_config,
+                                   self.seed, self.jitter, objective=DistillationObjective("ce"), sampler=sampler))
+        data_fingerprint = fingerprint({name: s.fingerprint() for name, s in splits.items()})
+        fitted = fit_specs(specs, splits, data_fingerprint, num_classes, self.options)
+        self.results_, self.run_ids_ = fitted.results, fitted.run_ids
+        self.student_ = fitted.models[0]
+        self.baseline_ = fitted.models[1] if self.baseline else None
+        self.num_classes_ = num_classes
+        self.input_shape_ = tuple(splits["train"].x.shape[1:])
+        self.val_labels_ = splits["val"].y
+        self._shift_left_out_classes()
+        return self
+
+    def _shift_left_out_classes(self) -> None:
+        """Raise the biases of classes the transfer set left out, by the amount best on validation data."""
+        self.left_out_ = left_out_classes(self.num_classes_, self.omit_classes, self.only_classes)
+        if not self.left_out_:
+            return
+        self.bias_shift_, self.bias_shift_table_ = choose_bias_shift(self.results_[0].logits["val"], self.val_labels_,
+                                                                    self.left_out_)
+        _, head = find_head(self.student_)
+        if head.bias is None:
+            raise DataError("student: the classifier has no bias to shift for the left-out classes")
+        with torch.no_grad():
+            head.bias[self.left_out_] += self.bias_shift_
+
+    # --- evaluation and export ---
+
+    def evaluate(self, test) -> dict:
+        """Student (before and after any bias shift), baseline and teacher on ``test``."""
+        split = materialize(test, "test")
+        student_logits = predict_logits(self.student_, split.x)
+        report = {"student": _score(student_logits, split.y), "bias_shift": self.bias_shift_}
+        if self.left_out_:
+            unshifted = shifted(student_logits, self.left_out_, -self.bias_shift_)
+            report["student_before_shift"] = _score(unshifted, split.y)
+            mask = torch.isin(split.y, torch.tensor(self.left_out_))
+            report["left_out_errors_before_shift"] = int((unshifted.argmax(1)[mask] != split.y[mask]).sum())
+            report["left_out_errors"] = int((student_logits.argmax(1)[mask] != split.y[mask]).sum())
+            report["left_out_examples"] = int(mask.sum())
+        if self.baseline_ is not None:
+            report["baseline"] = _score(predict_logits(self.baseline_, split.x), split.y)
+        report["teacher"] = _score(self.teacher_logits(split.x), split.y)
+        return report
+
+    def export(self, path: str | Path, example: torch.Tensor | None = None) -> Path:
+        """The student as TorchScript (with any bias shift), checked to give the same outputs."""
+        if example is None:
+            example = torch.zeros(2, *self.input_shape_)
+        return export_torchscript(self.student_, example, path)
+
+
+def _score(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    correct = int((logits.argmax(1) == y).sum())
+    return {"accuracy": correct / max(1, len(y)), "errors": len(y) - correct}

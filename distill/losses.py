@@ -1,0 +1,91 @@
+"""Distillation losses (paper §2): pure functions with their equations, and a registry to choose them by name.
+
+Every registered loss has one signature, ``loss(student_logits, labels, teacher, temperature, alpha)``, and
+returns its weighted terms by name; the trainer sums them for the backward pass and logs each one.
+``teacher`` carries the teacher's soft targets at the training temperature (``probs``) and its logits
+(``logits``: log-probabilities at T = 1, which are logits up to a per-example constant, for any teacher,
+ensembles included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ensemble.errors import ConfigError
+
+
+@dataclass
+class TeacherOutputs:
+    probs: torch.Tensor | None = None  # (N, C) soft targets at the training temperature
+    logits: torch.Tensor | None = None  # (N, C) log-probabilities at T = 1
+
+
+def soft_target_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · KL(p_T ‖ q_T)``, batch mean, with p_T the teacher's soft targets and q_T = softmax(z / T).
+
+    The teacher distribution is the target (first argument of the KL). The T² keeps the soft term's
+    gradient, ``∂/∂z_i = (1/T)(q_i − p_i)`` (Eq. 2) times T², on the same scale whatever T is.
+    """
+    log_q = F.log_softmax(student_logits / temperature, dim=1)
+    p = teacher_probs
+    kl = torch.where(p > 0, p * (torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)) - log_q), torch.zeros_like(p))
+    return temperature**2 * kl.sum(dim=1).mean()
+
+
+def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``CE(y, q_1) = −log softmax(z)_y``, batch mean, at T = 1."""
+    return F.cross_entropy(student_logits, labels)
+
+
+def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``½ Σ_i (z_i − v_i)²`` on per-example zero-meaned logits, batch mean (Caruana; the high-T limit, Eq. 4)."""
+    z = student_logits - student_logits.mean(dim=1, keepdim=True)
+    v = teacher_logits - teacher_logits.mean(dim=1, keepdim=True)
+    return 0.5 * (z - v).pow(2).sum(dim=1).mean()
+
+
+LOSSES: dict[str, Callable[..., dict[str, torch.Tensor]]] = {}
+
+
+def register_loss(name: str):
+    def decorator(fn):
+        LOSSES[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_loss(name: str):
+    if name not in LOSSES:
+        raise ConfigError(f"student.loss: unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+@register_loss("kd")
+def kd(student_logits, labels, teacher: TeacherOutputs, temperature: float, alpha: float) -> dict[str, torch.Tensor]:
+    """``L = α · T² · KL(p_T ‖ q_T) + (1 − α) · CE(y, q_1)``, both terms from the same student logits."""
+    terms = {"soft": alpha * soft_target_kl(student_logits, teacher.probs, temperature)}
+    if alpha < 1:
+        terms["hard"] = (1 - alpha) * hard_label_ce(student_logits, labels)
+    return terms
+
+
+@register_loss("logit_matching")
+def logit_matching_loss(student_logits, labels, teacher: TeacherOutputs, temperature: float,
+                        alpha: float) -> dict[str, torch.Tensor]:
+    """``L = α · ½‖z − v‖² + (1 − α) · CE(y, q_1)`` on zero-meaned logits (temperature unused)."""
+    terms = {"logits": alpha * logit_matching(student_logits, teacher.logits)}
+    if alpha < 1:
+        terms["hard"] = (1 - alpha) * hard_label_ce(student_logits, labels)
+    return terms
+
+
+@register_loss("ce")
+def ce(student_logits, labels, teacher: TeacherOutputs | None, temperature: float,
+       alpha: float) -> dict[str, torch.Tensor]:
+    """Hard labels only: the baseline student of the paper's comparison."""
+    return {"hard": hard_label_ce(student_logits, labels)}

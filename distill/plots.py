@@ -1,0 +1,39 @@
+"""Figures for the report and MLflow: training curves and accuracy per model."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def training_curves(histories: dict[str, list[dict]]):
+    """Validation accuracy and training loss per epoch, one line per trained model."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, history in histories.items():
+        epochs = [r["epoch"] for r in history]
+        acc_ax.plot(epochs, [r["val_accuracy"] for r in history], marker=".", label=name)
+        loss_ax.plot(epochs, [r["train_loss"] for r in history], marker=".", label=name)
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (sum of terms)", title="training loss", yscale="log")
+    acc_ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_per_model(rows: list[dict]):
+    """Horizontal bars of test accuracy, with the error count written on each bar."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    names = [r["model"] for r in rows]
+    accuracies = [r["test_accuracy"] for r in rows]
+    bars = ax.barh(names, accuracies, color="tab:blue")
+    low = min(accuracies)
+    ax.set_xlim(max(0.0, low - (1 - low) * 1.5 - 0.01), 1.0)
+    for bar, row in zip(bars, rows):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {row['test_errors']} errors",
+                va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="test accuracy", title="test accuracy per model")
+    fig.tight_layout()
+    return fig

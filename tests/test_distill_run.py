@@ -1,0 +1,113 @@
+"""``Distiller`` on a real Ray and MLflow store, and ``distill run`` end to end with skip-and-resume."""
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from distill import Distiller
+from ensemble import Ensemble
+from ensemble.errors import DataError, ModelError
+
+from conftest import quick_train, small_mlp_factory
+from test_cli import distill, runs_of
+
+
+@pytest.fixture(scope="module")
+def teacher(ray_cpu, digits, tmp_path_factory):
+    factory = small_mlp_factory(digits.input_shape, digits.num_classes, hidden=(64,))
+    ens = Ensemble(factory, n_members=2, train=quick_train(6), output_dir=tmp_path_factory.mktemp("teacher"),
+                   show_progress=False)
+    return ens.fit(digits.train, digits.val, digits.test)
+
+
+def _student(digits):
+    return small_mlp_factory(digits.input_shape, digits.num_classes, hidden=(8,))
+
+
+def test_distiller_trains_student_and_baseline_and_exports(teacher, digits, tmp_path):
+    d = Distiller(teacher, _student(digits), temperature=4.0, alpha=0.9, baseline=True, train=quick_train(6),
+                  output_dir=tmp_path, show_progress=False, use_cache=True)
+    d.fit(digits.train, digits.val, digits.test)
+    assert [r.name for r in d.results_] == ["student", "student_baseline"]
+    assert {"train_soft", "train_hard"} <= set(d.results_[0].history[0]), "each loss term is logged"
+    assert set(d.results_[1].history[0]) >= {"train_hard"} and "train_soft" not in d.results_[1].history[0]
+    report = d.evaluate(digits.test)
+    assert report["student"]["accuracy"] > 0.7 and report["baseline"]["accuracy"] > 0.5
+    path = d.export(tmp_path / "student.pt")
+    loaded = torch.jit.load(str(path))
+    x = digits.test.x[:33]
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), d.student_(x), atol=1e-5)
+
+
+def test_a_stale_teacher_cache_is_an_error(teacher, digits, tmp_path):
+    other = torch.utils.data.TensorDataset(digits.train.x[:100], digits.train.y[:100])
+    d = Distiller(teacher, _student(digits), use_cache=True, output_dir=tmp_path, show_progress=False)
+    with pytest.raises(DataError, match="made for another dataset or split"):
+        d.fit(other, digits.val)
+
+
+def test_a_student_of_the_wrong_width_is_refused(teacher, digits, tmp_path):
+    wrong = small_mlp_factory(digits.input_shape, 7)
+    with pytest.raises(ModelError, match="expected \\(10,\\)"):
+        Distiller(teacher, wrong, output_dir=tmp_path, show_progress=False).fit(digits.train, digits.val)
+
+
+def test_left_out_class_gets_a_bias_shift_chosen_on_validation(teacher, digits, tmp_path):
+    d = Distiller(teacher, _student(digits), temperature=4.0, alpha=1.0, train=quick_train(8),
+                  omit_classes=[3], output_dir=tmp_path, show_progress=False)
+    d.fit(digits.train, digits.val, digits.test)
+    assert not (digits.train.y[d.transfer_indices_] == 3).any()
+    report = d.evaluate(digits.test)
+    assert report["bias_shift"] >= 0
+    assert report["left_out_errors"] <= report["left_out_errors_before_shift"]
+    assert report["left_out_examples"] == int((digits.test.y == 3).sum())
+
+
+def test_run_command_end_to_end_then_skips_finished_stages(tmp_path):
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--output-dir", str(out), "--tracking-uri", uri, "--no-progress", "--set", "ensemble.members=2",
+            "--set", "ensemble.train.epochs=4", "--set", "specialists.train.epochs=2",
+            "--set", "student.train.epochs=4"]
+    done = distill("run", *args)
+    assert done.returncode == 0, done.stderr
+    assert "pipeline summary" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    student = results["student"]
+    for key in ("test_accuracy", "test_errors", "baseline_test_accuracy", "baseline_test_errors", "export_path",
+                "params"):
+        assert key in student
+    assert torch.jit.load(student["export_path"]) is not None
+    assert (out / "report.md").read_text().count("|") > 20
+    client = MlflowClient(uri)
+    parent = results["mlflow"]["parent_run_id"]
+    roles = sorted(r.data.tags["role"] for r in client.search_runs(
+        [results["mlflow"]["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent}'"))
+    assert roles.count("member") == 2 and "generalist" in roles and "specialist" in roles
+    assert "student" in roles and "student_baseline" in roles
+    assert client.get_model_version("distilled-student", "1").run_id == student["mlflow_run_id"]
+    artifacts = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/report.md", "report/training_curves.png", "report/accuracy_per_model.png"} <= artifacts
+
+    again = distill("run", *args)
+    assert again.returncode == 0, again.stderr
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["student"]["reused"] and all(m["reused"] for m in rerun["ensemble"]["members"])
+    assert all(m["reused"] for m in rerun["specialists"]["members"])
+    assert rerun["student"]["test_errors"] == student["test_errors"]
+    assert "Started a local Ray instance" not in again.stderr, "nothing to train: no cluster started"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("student.temperature=0", "student.temperature: Input should be greater than 0"),
+    ("student.alpha=1.5", "student.alpha: Input should be less than or equal to 1"),
+    ("student.loss=kl", "student.loss: unknown loss 'kl'"),
+])
+def test_bad_student_settings_are_one_line_errors(tmp_path, override, message):
+    done = distill("run", "--output-dir", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                   "--set", override)
+    assert done.returncode == 2
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
