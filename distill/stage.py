@@ -9,6 +9,7 @@ from ensemble.api import Ensemble
 from ensemble.data import DatasetSplits
 from ensemble.errors import ConfigError
 from ensemble.models import build_model, count_parameters
+from ensemble.stage import fit_options
 from ensemble.tracking import Tracker
 from specialists.api import SpecialistEnsemble
 
@@ -58,16 +59,7 @@ def run_student_stage(
         only_classes=section.transfer.only_classes,
         seed=config.seed,
         jitter=section.jitter,
-        output_dir=output_dir / "student",
-        num_cpus=section.resources.num_cpus,
-        num_gpus=section.resources.num_gpus,
-        tracker=tracker,
-        parent_run_id=parent_run_id,
-        run_params=config.model_dump(mode="json"),
-        ray_address=config.ray.address,
-        ray_num_cpus=config.ray.num_cpus,
-        ray_num_gpus=config.ray.num_gpus,
-        show_progress=show_progress,
+        **fit_options(config, section.resources, output_dir / "student", tracker, parent_run_id, show_progress),
     )
     distiller.fit(data.train, data.val, data.test)
     report = distiller.evaluate(data.test)

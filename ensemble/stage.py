@@ -6,7 +6,7 @@ from functools import partial
 from pathlib import Path
 
 from .api import Ensemble
-from .config import StageConfig
+from .config import ResourcesConfig, StageConfig
 from .data import DatasetSplits, load_dataset
 from .models import build_model
 from .soft_targets import ensemble_probs
@@ -16,6 +16,17 @@ from .tracking import Tracker
 def load_data(config: StageConfig) -> DatasetSplits:
     data = config.data
     return load_dataset(data.name, data.root, data.download, data.val_size, config.seed, data.train_limit)
+
+
+def fit_options(config: StageConfig, resources: ResourcesConfig, output_dir: Path, tracker: Tracker | None,
+                parent_run_id: str | None, show_progress: bool) -> dict:
+    """The :class:`ensemble.fit.FitOptions` every stage passes: where, on what resources, tracked where."""
+    return {
+        "output_dir": output_dir, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+        "tracker": tracker, "parent_run_id": parent_run_id, "run_params": config.model_dump(mode="json"),
+        "ray_address": config.ray.address, "ray_num_cpus": config.ray.num_cpus, "ray_num_gpus": config.ray.num_gpus,
+        "show_progress": show_progress,
+    }
 
 
 def run_ensemble_stage(
@@ -41,16 +52,8 @@ def run_ensemble_stage(
         generalist_train=config.generalist_train(),
         seed=config.seed,
         jitter=config.data.jitter,
-        num_cpus=config.ensemble.resources.num_cpus,
-        num_gpus=config.ensemble.resources.num_gpus,
-        output_dir=output_dir / "ensemble",
-        tracker=tracker,
-        parent_run_id=parent_run_id,
-        run_params=config.model_dump(mode="json"),
-        ray_address=config.ray.address,
-        ray_num_cpus=config.ray.num_cpus,
-        ray_num_gpus=config.ray.num_gpus,
-        show_progress=show_progress,
+        **fit_options(config, config.ensemble.resources, output_dir / "ensemble", tracker, parent_run_id,
+                      show_progress),
     )
     ensemble.fit(data.train, data.val, data.test, num_classes=classes)
     return ensemble, summarize(ensemble, data, config.ensemble.mean)

@@ -9,6 +9,7 @@ from ensemble.api import Ensemble
 from ensemble.config import StageConfig
 from ensemble.data import DatasetSplits
 from ensemble.errors import ConfigError
+from ensemble.stage import fit_options
 from ensemble.tracking import Tracker
 
 from .api import SpecialistEnsemble
@@ -57,16 +58,7 @@ def run_specialist_stage(
         class_names=data.class_names,
         seed=config.seed,
         jitter=config.data.jitter,
-        output_dir=stage_dir,
-        num_cpus=section.resources.num_cpus,
-        num_gpus=section.resources.num_gpus,
-        tracker=tracker,
-        parent_run_id=parent_run_id,
-        run_params=config.model_dump(mode="json"),
-        ray_address=config.ray.address,
-        ray_num_cpus=config.ray.num_cpus,
-        ray_num_gpus=config.ray.num_gpus,
-        show_progress=show_progress,
+        **fit_options(config, section.resources, stage_dir, tracker, parent_run_id, show_progress),
     )
     specialists.fit(data.train, data.val, data.test)
     report = specialists.evaluate(data.test)

@@ -11,7 +11,7 @@ from ensemble import Ensemble
 from ensemble.errors import DataError, ModelError
 
 from conftest import quick_train, small_mlp_factory
-from test_cli import distill, runs_of
+from test_cli import distill
 
 
 @pytest.fixture(scope="module")
