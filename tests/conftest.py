@@ -6,9 +6,13 @@ import os
 from functools import partial
 from pathlib import Path
 
-import pytest
-import ray
-import torch
+# Token authentication stays on (Ray's default); clients of a `ray start` head need this set before Ray is
+# imported, or they send no token and the dashboard answers 401.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+import pytest  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,4 +62,63 @@ def mlflow_server(root: Path):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process_group(process)
+        log.close()
+
+
+def _pids_mentioning(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker`` (a unique temp dir of ours): children that left the group."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="ignore"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@contextmanager
+def ray_head(num_cpus: int = 2):
+    """``ray start --head --block`` on 127.0.0.1 with free ports; yields (gcs address, dashboard URL)."""
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's Unix sockets live under it
+    port, dashboard_port = free_port(), free_port()
+    log = open(Path(temp_dir) / "head.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+         "--include-dashboard", "true", "--num-cpus", str(num_cpus), "--temp-dir", temp_dir,
+         # Ray's fixed default ports collide with any other Ray on the machine (a CI run, a second fixture).
+         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+         "--ray-client-server-port", str(free_port())],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # As from an activated environment: job entrypoints such as `distill run` resolve on PATH.
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        deadline = time.time() + 120
+        while True:  # any HTTP answer (401 without a token) means the dashboard is up
+            if process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {process.returncode}: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{dashboard}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise TimeoutError("the Ray dashboard did not come up")
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}", dashboard
+    finally:
+        stop_process_group(process)
+        for pid in _pids_mentioning(temp_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         log.close()

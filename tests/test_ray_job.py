@@ -1,0 +1,83 @@
+"""``distill run`` submitted to a real Ray head (``ray start --head``, token auth on) as a Ray job."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from servers import ray_head
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--no-progress", "--set", "ensemble.members=2", "--set", "ensemble.train.epochs=1",
+         "--set", "specialists.enabled=false", "--set", "student.train.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def head():
+    from ray.job_submission import JobSubmissionClient
+
+    with ray_head(num_cpus=2) as (address, dashboard):
+        # The dashboard answers before its job agent is ready ("No available agent"): wait with a no-op job.
+        client, deadline = JobSubmissionClient(dashboard), time.time() + 120
+        while True:
+            try:
+                job = client.submit_job(entrypoint="true")
+                break
+            except RuntimeError as err:
+                assert time.time() < deadline, f"the job agent never came up: {err}"
+                time.sleep(1)
+        while client.get_job_status(job) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            time.sleep(0.5)
+        yield address, dashboard
+
+
+@pytest.fixture
+def token_env(monkeypatch):
+    # A head with token auth answers 401 until the client sends the token (from ~/.ray/auth_token).
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def _check(out: Path, uri: str, stage: str = "student") -> None:
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["ensemble"]["members"]) == 2 and stage in results
+    client = MlflowClient(uri)
+    assert client.get_run(results["mlflow"]["parent_run_id"]).info.status == "FINISHED"
+
+
+def test_ray_job_submit_cli(head, token_env, tmp_path):
+    _, dashboard = head
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", dashboard, "--working-dir", ".",
+         "--", "distill", "run", "--output-dir", str(out), "--tracking-uri", uri, *QUICK],
+        cwd=REPO, env=token_env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in (done.stdout + done.stderr).lower()
+    _check(out, uri)
+
+
+def test_job_submission_client(head, token_env, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    _, dashboard = head
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    client = JobSubmissionClient(dashboard)
+    job_id = client.submit_job(
+        entrypoint=" ".join(["distill", "ensemble", "--output-dir", str(out), "--tracking-uri", uri, *QUICK]),
+        runtime_env={"working_dir": str(REPO)},
+    )
+    deadline = time.time() + 600
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < deadline, "job did not finish"
+        time.sleep(2)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job_id)[-3000:]
+    assert "ensemble stage: test set" in client.get_job_logs(job_id)
+    _check(out, uri, "ensemble")
