@@ -69,8 +69,8 @@ def test_left_out_class_gets_a_bias_shift_chosen_on_validation(teacher, digits, 
 def test_run_command_end_to_end_then_skips_finished_stages(tmp_path):
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     args = ["--output-dir", str(out), "--tracking-uri", uri, "--no-progress", "--set", "ensemble.members=2",
-            "--set", "ensemble.train.epochs=4", "--set", "specialists.train.epochs=2",
-            "--set", "student.train.epochs=4"]
+            "--set", "ensemble.train.epochs=3", "--set", "specialists.train.epochs=2",
+            "--set", "student.train.epochs=3"]
     done = distill("run", *args)
     assert done.returncode == 0, done.stderr
     assert "pipeline summary" in done.stdout
@@ -80,6 +80,12 @@ def test_run_command_end_to_end_then_skips_finished_stages(tmp_path):
                 "params"):
         assert key in student
     assert torch.jit.load(student["export_path"]) is not None
+    spec = results["specialists"]
+    assert spec["groups"] and all(isinstance(c, int) for g in spec["groups"] for c in g)
+    assert 0 < spec["generalist_test_accuracy"] <= 1 and 0 < spec["test_accuracy"] <= 1
+    assert {"covering", "examples", "delta_correct"} <= set(spec["by_covering"][0])
+    assert results["generalist"]["test_accuracy"] == pytest.approx(spec["generalist_test_accuracy"])
+    assert (out / "specialists" / "class_matrix.png").stat().st_size > 10_000
     assert (out / "report.md").read_text().count("|") > 20
     client = MlflowClient(uri)
     parent = results["mlflow"]["parent_run_id"]
@@ -90,6 +96,8 @@ def test_run_command_end_to_end_then_skips_finished_stages(tmp_path):
     assert client.get_model_version("distilled-student", "1").run_id == student["mlflow_run_id"]
     artifacts = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/report.md", "report/training_curves.png", "report/accuracy_per_model.png"} <= artifacts
+    assert {a.path for a in client.list_artifacts(parent, "specialists")} == {
+        "specialists/groups.json", "specialists/class_matrix.png"}
 
     again = distill("run", *args)
     assert again.returncode == 0, again.stderr

@@ -18,8 +18,8 @@ def server(tmp_path_factory):
 def test_pipeline_logs_everything_to_an_mlflow_server(server, tmp_path):
     out = tmp_path / "out"
     done = distill("run", "--output-dir", str(out), "--tracking-uri", server, "--no-progress",
-                   "--set", "ensemble.members=2", "--set", "ensemble.train.epochs=3",
-                   "--set", "specialists.train.epochs=2", "--set", "student.train.epochs=3",
+                   "--set", "ensemble.members=2", "--set", "ensemble.train.epochs=2",
+                   "--set", "specialists.train.epochs=2", "--set", "student.train.epochs=2",
                    "--set", "tracking.experiment=over-http")
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())

@@ -1,12 +1,11 @@
 """SpecialistEnsemble on a real Ray and MLflow store, and ``distill specialists`` end to end."""
 
-import json
-
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from ensemble import Tracker
+from ensemble.errors import ConfigError
 from ensemble.trainer import Trainer, TrainSpec
 from specialists import SpecialistEnsemble
 
@@ -83,36 +82,25 @@ def test_each_specialist_has_a_nested_run_with_its_group(fitted):
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 4
 
 
-def test_specialists_command_end_to_end(tmp_path):
-    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["--output-dir", str(out), "--tracking-uri", uri, "--no-progress",
-            "--set", "ensemble.members=1", "--set", "ensemble.train.epochs=3",
-            "--set", "specialists.train.epochs=2"]
-    done = distill("specialists", *args)
-    assert done.returncode == 0, done.stderr
-    assert "generalist vs generalist + specialists" in done.stdout
-    results = json.loads((out / "results.json").read_text())
-    spec = results["specialists"]
-    assert spec["groups"] and all(isinstance(c, int) for g in spec["groups"] for c in g)
-    assert 0 < spec["generalist_test_accuracy"] <= 1 and 0 < spec["test_accuracy"] <= 1
-    assert {"covering", "examples", "delta_correct"} <= set(spec["by_covering"][0])
-    assert results["generalist"]["test_accuracy"] == pytest.approx(spec["generalist_test_accuracy"])
-    client = MlflowClient(uri)
-    parent = results["mlflow"]["parent_run_id"]
-    artifacts = {a.path for a in client.list_artifacts(parent, "specialists")}
-    assert artifacts == {"specialists/groups.json", "specialists/class_matrix.png"}
-    assert (out / "specialists" / "class_matrix.png").stat().st_size > 10_000
-
-
 @pytest.mark.parametrize("override, message", [
     ("specialists.count=11", "specialists.count: 11 specialists for 10 classes"),
     ("specialists.groups=[[1, 7], [4]]", "specialists.groups[1]: a specialist needs at least two classes"),
     ("specialists.groups=[[1, 12]]", "specialists.groups[0]: unknown class 12"),
 ])
-def test_bad_specialist_input_fails_the_run_in_one_line(tmp_path, override, message):
+def test_bad_specialist_settings_are_checked_against_the_data(digits, override, message):
+    from distill.config import load_config
+    from specialists.stage import check_section
+
+    with pytest.raises(ConfigError) as info:
+        check_section(load_config(None, [override]).specialists, digits)
+    assert str(info.value) == message or str(info.value).startswith(message)
+
+
+def test_bad_specialist_input_fails_the_run_in_one_line(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    message = "specialists.count: 11 specialists for 10 classes"
     done = distill("specialists", "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri, "--no-progress",
-                   "--set", "ensemble.members=1", "--set", "ensemble.train.epochs=1", "--set", override)
+                   "--set", "ensemble.members=1", "--set", "ensemble.train.epochs=1", "--set", "specialists.count=11")
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {message}") and "Traceback" not in done.stderr
