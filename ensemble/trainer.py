@@ -7,6 +7,7 @@ and a finished model is reused from disk without training.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -125,8 +126,6 @@ class Trainer:
 
     def is_finished(self) -> bool:
         """Cheap check (no tensors loaded): a result for this exact fingerprint is on disk."""
-        import json
-
         summary_path = self.workdir / "result.json"
         return summary_path.is_file() and json.loads(summary_path.read_text()).get("fingerprint") == self.fingerprint
 
@@ -134,8 +133,6 @@ class Trainer:
         summary_path = self.workdir / "result.json"
         if not summary_path.is_file():
             return None
-        import json
-
         summary = json.loads(summary_path.read_text())
         state = load_verified(self.workdir / "model.pt")
         logits = load_verified(self.workdir / "logits.pt")
