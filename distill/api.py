@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ensemble.api import Ensemble, as_train_config
+from ensemble.checkpoint import state_fingerprint
 from ensemble.config import TrainConfig, fingerprint
 from ensemble.data import Split, check_split, materialize
 from ensemble.errors import DataError
@@ -117,8 +118,10 @@ class Distiller:
             check_split(split, num_classes, name)
         teacher_id = self._kind()
         if self.jitter:
-            objective = DistillationObjective(self.loss, self.temperature, self.alpha,
-                                              teacher=self.online_teacher(), teacher_id=teacher_id)
+            online = self.online_teacher()
+            # The teacher's weights name it, so a retrained teacher never reuses a student distilled from the old one.
+            objective = DistillationObjective(self.loss, self.temperature, self.alpha, teacher=online,
+                                              teacher_id=f"{teacher_id}:{state_fingerprint(online.state_dict())}")
         else:
             cache = self.teacher_cache(splits["train"])
             objective = DistillationObjective(self.loss, self.temperature, self.alpha, cache=cache.outputs,

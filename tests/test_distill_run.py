@@ -42,6 +42,16 @@ def test_distiller_trains_student_and_baseline_and_exports(teacher, digits, tmp_
         assert torch.allclose(loaded(x), d.student_(x), atol=1e-5)
 
 
+def test_augmented_inputs_use_the_online_teacher(teacher, digits, tmp_path):
+    # One pixel of jitter on 8x8 digits is a strong augmentation: a few epochs learn well above chance (0.1).
+    d = Distiller(teacher, _student(digits), jitter=1, train=quick_train(4), output_dir=tmp_path, show_progress=False)
+    d.fit(digits.train, digits.val, digits.test)
+    student = d.results_[0]
+    assert student.metrics["test_accuracy"] > 0.25
+    assert {"train_soft", "train_hard"} <= set(student.history[0])
+    assert student.history[-1]["train_loss"] < student.history[0]["train_loss"]
+
+
 def test_a_stale_teacher_cache_is_an_error(teacher, digits, tmp_path):
     other = torch.utils.data.TensorDataset(digits.train.x[:100], digits.train.y[:100])
     d = Distiller(teacher, _student(digits), use_cache=True, output_dir=tmp_path, show_progress=False)
