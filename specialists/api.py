@@ -157,9 +157,9 @@ class SpecialistEnsemble:
 
     def evaluate(self, test) -> dict:
         split = materialize(test, "test")
-        generalist_probs = torch.softmax(predict_logits(self.generalist, split.x), dim=1)
-        combined = self.predict_proba(split.x)
-        return evaluate_combination(generalist_probs, combined, split.y, self.groups_,
+        inputs = self.combination_inputs(split.x)  # one generalist pass serves both sides of the comparison
+        combined, self.last_info_ = combine(*inputs, self.max_iter, self.tolerance, self.solver)
+        return evaluate_combination(inputs[0], combined, split.y, self.groups_,
                                     self.class_names or [str(c) for c in range(self.num_classes_)])
 
 
