@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except DistillError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        # One line, always: a multi-line message (a library's, say) is folded rather than cut.
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

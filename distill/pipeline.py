@@ -16,9 +16,9 @@ from .report import print_ensemble_summary, print_specialists_summary, print_sum
 STAGES = ("ensemble", "specialists", "student")
 
 
-def update_results(path: Path, sections: dict) -> dict:
-    """Merge this invocation's sections into ``results.json``, keeping other stages' sections."""
-    results = json.loads(path.read_text()) if path.is_file() else {}
+def update_results(path: Path, sections: dict, merge: bool = True) -> dict:
+    """Write ``results.json``; ``merge`` keeps the sections other invocations wrote (a partial stage run)."""
+    results = json.loads(path.read_text()) if merge and path.is_file() else {}
     results.update(sections)
     write_json(path, results)
     return results
@@ -55,7 +55,8 @@ def run(config: Config, until: str = "student", show_progress: bool = True) -> d
                               "parent_run_id": parent_id}
         if until == "student":
             sections["summary"] = summary_rows(sections, trained)
-        results = update_results(output_dir / "results.json", sections)
+        # A full run computed every section itself; dropping the old file keeps no stale stage of another config.
+        results = update_results(output_dir / "results.json", sections, merge=until != "student")
         if until == "student":
             for path in write_report(results, trained, data, output_dir):
                 tracker.log_artifact(parent_id, path, "report")

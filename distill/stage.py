@@ -11,6 +11,7 @@ from ensemble.errors import ConfigError
 from ensemble.models import build_model, count_parameters
 from ensemble.stage import fit_options
 from ensemble.tracking import Tracker
+from ensemble.trainer import learning_curves
 from specialists.api import SpecialistEnsemble
 
 from .api import Distiller
@@ -96,6 +97,7 @@ def run_student_stage(
         "reused": student.reused,
         "resumed_from_epoch": student.resumed_from_epoch,
         "mlflow_run_id": student_run,
+        "curves": learning_curves(student.history),
         **{key: value for key, value in registered.items() if key != "model_uri"},
         "model_uri": registered.get("model_uri"),
     }
@@ -103,6 +105,7 @@ def run_student_stage(
         main["baseline_test_accuracy"] = report["baseline"]["accuracy"]
         main["baseline_test_errors"] = report["baseline"]["errors"]
         main["baseline_mlflow_run_id"] = distiller.run_ids_.get("student_baseline")
+        main["baseline_curves"] = learning_curves(distiller.results_[1].history)
     if distiller.left_out_:
         main.update({
             "left_out_classes": distiller.left_out_,

@@ -106,7 +106,35 @@ def _torchvision(dataset_cls_name: str, channels_last: bool):
     return load
 
 
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz(root: str, download: bool):
+    """Your own arrays from the CLI: ``data.root`` names an ``.npz`` with x_train, y_train, x_test, y_test
+    (inputs (N, C, H, W) or (N, features); optional ``class_names``)."""
+    path = Path(root)
+    if not path.is_file():
+        raise DataError(f"data.root: {path.resolve()} is not a file; the npz dataset needs an .npz with {NPZ_KEYS}")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"data.root: {path} is not a readable .npz file ({err})") from None
+    missing = [key for key in NPZ_KEYS if key not in arrays.files]
+    if missing:
+        raise DataError(f"data.root: {path} lacks the arrays {missing}; expected {NPZ_KEYS}")
+
+    def split(kind: str) -> Split:
+        y = arrays[f"y_{kind}"]
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"data.root: {path} y_{kind} must hold integer labels, got {y.dtype}")
+        return Split(torch.as_tensor(arrays[f"x_{kind}"], dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64))
+
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays.files else []
+    return split("train"), split("test"), names
+
+
 DATASETS: dict[str, Callable] = {
+    "npz": _npz,
     "digits": _digits,
     "mnist": _torchvision("MNIST", channels_last=False),
     "fashion_mnist": _torchvision("FashionMNIST", channels_last=False),
@@ -133,7 +161,7 @@ def load_dataset(
     val_idx, train_idx = order[:n_val], order[n_val:]
     if train_limit is not None:
         train_idx = train_idx[:train_limit]
-    num_classes = int(full_train.y.max()) + 1
+    num_classes = len(class_names) if class_names else int(full_train.y.max()) + 1
     splits = DatasetSplits(
         name=name,
         train=Split(full_train.x[train_idx], full_train.y[train_idx]),

@@ -118,7 +118,7 @@ def train_many(jobs: list[TrainJob], splits: dict[str, Split], show_progress: bo
     pending: dict = {}
     actors: dict[int, ray.actor.ActorHandle] = {}
     for i, job in enumerate(jobs):
-        finished = Trainer(job.spec, {}, job.workdir, job.fingerprint).load_finished()
+        finished = Trainer(job.spec, splits, job.workdir, job.fingerprint).load_finished()
         if finished is not None:
             results[i] = finished
             continue

@@ -11,6 +11,7 @@ from .data import DatasetSplits, load_dataset
 from .models import build_model
 from .soft_targets import ensemble_probs
 from .tracking import Tracker
+from .trainer import learning_curves
 
 
 def load_data(config: StageConfig) -> DatasetSplits:
@@ -71,6 +72,7 @@ def _model_row(result, run_id: str | None) -> dict:
         "reused": result.reused,
         "resumed_from_epoch": result.resumed_from_epoch,
         "mlflow_run_id": run_id,
+        "curves": learning_curves(result.history),
     }
 
 

@@ -8,6 +8,8 @@ file locally, an ``http://`` MLflow server on a cluster).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +18,25 @@ from typing import Any, Iterator
 from .errors import DistillError
 
 log = logging.getLogger(__name__)
+# MLflow announces every schema creation and migration of a new SQLite store at INFO; on the command line that
+# buries the one line that matters (a result or an error).
+for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 PARENT_TAG = "mlflow.parentRunId"
+
+
+HOST = socket.gethostname()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -106,9 +125,31 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         _retry(self.client.set_terminated, run_id, status)
 
+    def end_abandoned_runs(self, output_dir: str) -> list[str]:
+        """Mark KILLED the runs of ``output_dir`` whose driver on this host died without ending them (SIGKILL,
+        OOM killer, power loss): they would otherwise show RUNNING in the UI forever. Returns their ids."""
+        query = f"attributes.status = 'RUNNING' and tags.output_dir = '{output_dir}' and tags.host = '{HOST}'"
+        abandoned = []
+        for run in _retry(self.client.search_runs, [self.experiment_id], query):
+            pid = int(run.data.tags.get("pid", "0"))
+            if pid and not _process_alive(pid):
+                children = _retry(self.client.search_runs, [self.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{run.info.run_id}' and attributes.status = 'RUNNING'")
+                for child in children:
+                    self.end_run(child.info.run_id, "KILLED")
+                self.set_tags(run.info.run_id, {"ended_by": f"a later run found driver pid {pid} gone"})
+                self.end_run(run.info.run_id, "KILLED")
+                abandoned.append(run.info.run_id)
+        return abandoned
+
     @contextmanager
     def run(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> Iterator[str]:
         """A run that ends FINISHED, FAILED on any error, or KILLED on Ctrl-C / SIGTERM."""
+        tags = dict(tags or {})
+        if parent_id is None:
+            tags.update({"host": HOST, "pid": str(os.getpid())})
+            if "output_dir" in tags:
+                self.end_abandoned_runs(tags["output_dir"])
         run_id = self.start_run(name, parent_id, tags)
         try:
             yield run_id

@@ -138,6 +138,12 @@ class Trainer:
         logits = load_verified(self.workdir / "logits.pt")
         if summary.get("fingerprint") != self.fingerprint or state is None or logits is None:
             return None
+        for split, data in self.data.items():
+            rows = len(logits[split]) if split in logits else 0
+            if rows != len(data):
+                raise CheckpointError(
+                    f"{self.workdir / 'logits.pt'}: stale teacher cache, {rows} rows of {split} logits for a "
+                    f"{len(data)}-example {split} split; delete the file and rerun to recompute it from model.pt")
         return TrainResult(
             self.spec.name, self.spec.role, state, logits, summary["history"], summary["metrics"], reused=True
         )
@@ -172,7 +178,9 @@ class Trainer:
                 model.load_state_dict(checkpoint["model"])
                 optimizer.load_state_dict(checkpoint["optimizer"])
             except (RuntimeError, ValueError, KeyError) as err:
-                raise CheckpointError(f"{self.checkpoints.root}: checkpoint does not fit the model ({err})") from None
+                detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
+                raise CheckpointError(f"{self.checkpoints.root}: checkpoint does not fit the model ({detail}); "
+                                      "it was saved by another architecture") from None
             if scheduler is not None and checkpoint.get("scheduler"):
                 scheduler.load_state_dict(checkpoint["scheduler"])
             generator.set_state(checkpoint["generator"])
@@ -238,6 +246,11 @@ class Trainer:
                 "epoch_seconds": time.perf_counter() - started,
                 "samples_per_second": len(order) / train_seconds,
             }
+            if "test" in self.data:
+                # For learning curves only: selection and early stopping never look at the test split.
+                x_test, y_test = self.data["test"].x, self._labels("test")
+                record["test_accuracy"] = accuracy(
+                    predict_logits(model, x_test, train_cfg.eval_batch_size, self.device), y_test)
             history.append(record)
             self.checkpoints.save(
                 epoch + 1,
@@ -286,6 +299,12 @@ class Trainer:
 def epoch_metrics(record: dict) -> dict:
     """An epoch's record without its step number: what goes to MLflow as curves."""
     return {k: v for k, v in record.items() if k != "epoch"}
+
+
+def learning_curves(history: list[dict]) -> dict[str, list[float]]:
+    """Per-epoch accuracies and loss, compact enough for ``results.json`` (the plots are drawn from it)."""
+    keys = ("train_loss", "val_accuracy", "test_accuracy")
+    return {key: [round(r[key], 6) for r in history] for key in keys if history and key in history[0]}
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
