@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ensemble.checkpoint import write_json
 from ensemble.stage import load_data, run_ensemble_stage
-from ensemble.tracking import Tracker
+from ensemble.tracking import Tracker, redact
 from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash, dump_config
@@ -51,7 +51,7 @@ def run(config: Config, until: str = "student", show_progress: bool = True) -> d
             trained["student"], more = run_student_stage(config, data, ensemble, trained.get("specialists"),
                                                          output_dir, tracker, parent_id, show_progress)
             sections.update(more)
-        sections["mlflow"] = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+        sections["mlflow"] = {"tracking_uri": redact(tracker.uri), "experiment_id": tracker.experiment_id,
                               "parent_run_id": parent_id}
         if until == "student":
             sections["summary"] = summary_rows(sections, trained)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -27,6 +28,12 @@ PARENT_TAG = "mlflow.parentRunId"
 
 
 HOST = socket.gethostname()
+_URI_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@/\s]+@", re.IGNORECASE)
+
+
+def redact(value: Any) -> str:
+    """Passwords inside URIs (``postgresql://user:pw@host``, ``http://user:pw@host``) never reach MLflow."""
+    return _URI_PASSWORD.sub(r"\g<head>:***@", str(value))
 
 
 def _process_alive(pid: int) -> bool:
@@ -87,12 +94,14 @@ class Tracker:
             # Keep artifacts beside the database, wherever the process that creates the experiment runs.
             artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            # MLflow 3's UI opens GenAI (traces) views unless the experiment says it is model training.
+            return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:  # noqa: BLE001 - another process created it first
             return self.client.get_experiment_by_name(name).experiment_id
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> str:
-        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        all_tags = {str(k): redact(v) for k, v in (tags or {}).items()}
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
         run = _retry(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
@@ -101,7 +110,7 @@ class Tracker:
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        items = [Param(k, redact(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):
             _retry(self.client.log_batch, run_id, params=items[i : i + 100])
 
@@ -111,7 +120,7 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        _retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        _retry(self.client.log_batch, run_id, tags=[RunTag(k, redact(v)) for k, v in tags.items()])
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, run_id, str(path), artifact_path)

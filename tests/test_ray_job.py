@@ -81,3 +81,15 @@ def test_job_submission_client(head, token_env, tmp_path):
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job_id)[-3000:]
     assert "ensemble stage: test set" in client.get_job_logs(job_id)
     _check(out, uri, "ensemble")
+
+
+def test_the_head_refuses_requests_without_its_token(head):
+    import urllib.error
+    import urllib.request
+
+    _, dashboard = head
+    try:
+        urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=10)
+        raise AssertionError("the dashboard answered without a token: token authentication is off")
+    except urllib.error.HTTPError as err:
+        assert err.code == 401
