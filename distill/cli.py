@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         "stage first when its outputs are missing)")
     _common(specialists)
     specialists.add_argument("--no-progress", action="store_true", help="no live progress view")
+    sweep = commands.add_parser("sweep", help="a grid over student settings on Ray Tune, one MLflow run per trial")
+    _common(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="values of one student setting, e.g. --grid student.alpha=0.1,0.5,0.9 (repeatable; "
+                            "adds to the config's sweep.grid)")
+    sweep.add_argument("--no-progress", action="store_true", help="no live progress view")
     config = commands.add_parser("config", help="inspect configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     _common(config_commands.add_parser("show", help="print the resolved config"))
@@ -62,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         config = _resolve(args)
-        if args.command == "config":
+        if args.command == "sweep":
+            from .sweep import parse_grid, run_sweep
+
+            config.sweep.grid.update(parse_grid(args.grid))
+            run_sweep(config, show_progress=not args.no_progress)
+        elif args.command == "config":
             from .config import dump_config
 
             print(dump_config(config), end="")

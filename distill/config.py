@@ -47,11 +47,19 @@ class StudentConfig(Section):
         return name
 
 
+class SweepConfig(Section):
+    grid: dict[str, list] = Field(default_factory=dict,
+                                  description="student.* key -> values, e.g. student.temperature: [1, 2, 4]")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per trial; also its torch threads")
+    max_concurrent: int | None = Field(None, gt=0, description="trials at once (default: as resources allow)")
+
+
 class Config(StageConfig):
-    """Root of the config: the ensemble stage's sections plus ``specialists`` and ``student``."""
+    """Root of the config: the ensemble stage's sections plus ``specialists``, ``student`` and ``sweep``."""
 
     specialists: SpecialistsConfig = Field(default_factory=SpecialistsConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

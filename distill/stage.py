@@ -34,20 +34,14 @@ def choose_teacher(config: Config, ensemble: Ensemble, specialists: SpecialistEn
     return specialists
 
 
-def run_student_stage(
-    config: Config,
-    data: DatasetSplits,
-    ensemble: Ensemble,
-    specialists: SpecialistEnsemble | None,
-    output_dir: Path,
-    tracker: Tracker | None = None,
-    parent_run_id: str | None = None,
-    show_progress: bool = True,
-) -> tuple[Distiller, dict]:
+def build_distiller(config: Config, data: DatasetSplits, teacher, output_dir: Path, tracker: Tracker | None = None,
+                    parent_run_id: str | None = None, show_progress: bool = True, **overrides) -> Distiller:
+    """The configured :class:`Distiller` (the student stage's, and each sweep trial's with ``overrides``)."""
     section = config.student
     model = section.model
-    distiller = Distiller(
-        choose_teacher(config, ensemble, specialists),
+    options = fit_options(config, section.resources, output_dir / "student", tracker, parent_run_id, show_progress)
+    return Distiller(
+        teacher,
         partial(build_model, model.name, data.input_shape, data.num_classes, model.params),
         temperature=section.temperature,
         alpha=section.alpha,
@@ -60,8 +54,23 @@ def run_student_stage(
         only_classes=section.transfer.only_classes,
         seed=config.seed,
         jitter=section.jitter,
-        **fit_options(config, section.resources, output_dir / "student", tracker, parent_run_id, show_progress),
+        **{**options, **overrides},
     )
+
+
+def run_student_stage(
+    config: Config,
+    data: DatasetSplits,
+    ensemble: Ensemble,
+    specialists: SpecialistEnsemble | None,
+    output_dir: Path,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+    show_progress: bool = True,
+) -> tuple[Distiller, dict]:
+    section = config.student
+    distiller = build_distiller(config, data, choose_teacher(config, ensemble, specialists), output_dir, tracker,
+                                parent_run_id, show_progress)
     distiller.fit(data.train, data.val, data.test)
     report = distiller.evaluate(data.test)
     export_path = distiller.export(output_dir / "student" / "student.torchscript.pt")

@@ -34,6 +34,7 @@ class FitOptions:
     ray_num_cpus: int | None = None
     ray_num_gpus: float | None = None
     show_progress: bool = True
+    in_process: bool = False  # train here, one model after another (inside a Ray Tune trial, a notebook, a debugger)
 
     @property
     def resources(self) -> Resources:
@@ -58,13 +59,17 @@ def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
     for spec in specs:
         fp = spec.fingerprint(data_fingerprint)
         jobs.append(TrainJob(spec, Path(options.output_dir) / f"{spec.name}-{fp}", fp, options.resources))
-    if not all(Trainer(job.spec, {}, job.workdir, job.fingerprint).is_finished() for job in jobs):
+    unfinished = not all(Trainer(job.spec, {}, job.workdir, job.fingerprint).is_finished() for job in jobs)
+    if unfinished and not options.in_process:
         # Only unfinished work needs a cluster: a rerun of finished stages starts no Ray at all.
         connect_ray(options.ray_address, options.ray_num_cpus, options.ray_num_gpus)
         check_feasible({spec.name: options.resources for spec in specs})
     run_ids = _start_runs(jobs, options)
     try:
-        results = train_many(jobs, splits, show_progress=options.show_progress)
+        if options.in_process:
+            results = [train_here(job, splits) for job in jobs]
+        else:
+            results = train_many(jobs, splits, show_progress=options.show_progress)
     except BaseException as err:
         _end_runs(run_ids, options.tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
@@ -75,6 +80,16 @@ def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
         model.load_state_dict(result.state_dict)
         models.append(model.eval())
     return Fitted(results, models, run_ids)
+
+
+def train_here(job: TrainJob, splits: dict[str, Split]) -> TrainResult:
+    """One model in this process, logging each epoch to its run like an actor would."""
+
+    def on_epoch(record: dict) -> None:
+        if job.sink is not None:
+            job.sink(epoch_metrics(record), step=record["epoch"])
+
+    return Trainer(job.spec, splits, job.workdir, job.fingerprint).fit(on_epoch)
 
 
 def _start_runs(jobs: list[TrainJob], options: FitOptions) -> dict[str, str]:

@@ -1,0 +1,174 @@
+"""``distill sweep``: a grid over student settings (alpha x T, ...) on Ray Tune, every trial a real student stage.
+
+The teacher is trained (or reused) once; its cached logits travel to the trials through the object store, so a
+trial costs one student's training. Each trial is a nested MLflow run under one ``sweep`` parent run; the table
+and the plots (heatmap and surface of test accuracy over the first two grid keys) go to the parent run and to
+``<output_dir>/sweep/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from ensemble.config import apply_overrides, validate_config
+from ensemble.errors import ConfigError, DistillError
+from ensemble.runner import connect_ray
+from ensemble.stage import load_data, run_ensemble_stage
+from ensemble.tracking import Tracker, redact
+
+from .config import Config, config_hash
+
+SELECTION_METRIC = "val_accuracy"  # trials are ranked on validation data; the test split is only reported
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``student.alpha=0.1,0.5,0.9`` -> {"student.alpha": [0.1, 0.5, 0.9]}; values are YAML (lists in brackets)."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise ConfigError(f"--grid {item!r}: expected dotted.key=value1,value2,...")
+        try:
+            values = yaml.safe_load(f"[{raw}]")
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--grid {item!r}: values are not valid YAML ({str(err).splitlines()[0]})") from None
+        grid[key.strip()] = values
+    return grid
+
+
+def trial_overrides(grid: dict[str, list]) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def trial_config(base: dict, params: dict) -> Config:
+    tree = copy.deepcopy(base)
+    apply_overrides(tree, [f"{key}={json.dumps(value)}" for key, value in params.items()])
+    tree["student"]["baseline"] = False  # alpha = 0 is the hard-label student; one baseline per trial is waste
+    return validate_config(Config, tree, f"sweep trial {params}")
+
+
+def check_grid(config: Config) -> list[dict]:
+    """Every trial's config validated before anything trains; only student settings may vary."""
+    grid = config.sweep.grid
+    if not grid:
+        raise ConfigError("sweep.grid: empty; pass --grid student.temperature=1,2,4 (repeatable) or set sweep.grid")
+    for key, values in grid.items():
+        if not key.startswith("student."):
+            raise ConfigError(f"sweep.grid: {key!r} is not a student setting; a sweep reuses one teacher, so only "
+                              "student.* keys may vary")
+        if not values:
+            raise ConfigError(f"sweep.grid: {key!r} has no values")
+    trials = trial_overrides(grid)
+    base = config.model_dump(mode="json")
+    for params in trials:
+        trial_config(base, params)
+    return trials
+
+
+def _trial(params: dict, *, base: dict, data, teacher, tracking: tuple, parent_id: str, output_dir: str,
+           threads: int) -> None:
+    """One Tune trial: the configured student stage with ``params`` applied, trained in this worker."""
+    import torch
+    from ray import tune
+
+    from .stage import build_distiller
+
+    torch.set_num_threads(threads)
+    config = trial_config(base, params)
+    tracker = Tracker(*tracking)
+    distiller = build_distiller(config, data, teacher, Path(output_dir), tracker, parent_id, False,
+                                in_process=True)
+    distiller.fit(data.train, data.val, data.test)
+    run_id = distiller.run_ids_.get("student")
+    label = ", ".join(f"{key.removeprefix('student.')}={value}" for key, value in params.items())
+    if run_id:
+        tracker.set_tags(run_id, {"mlflow.runName": f"student {label}", **{f"sweep.{k}": v for k, v in params.items()}})
+    report = distiller.evaluate(data.test)
+    result = distiller.results_[0]
+    tune.report({SELECTION_METRIC: result.metrics["val_accuracy"], "test_accuracy": report["student"]["accuracy"],
+                 "test_errors": report["student"]["errors"], "best_epoch": result.metrics["best_epoch"],
+                 "reused": result.reused, "mlflow_run_id": run_id or ""})
+
+
+def _portable(teacher):
+    """The teacher without its tracker (an MLflow client does not pickle); everything else travels as is."""
+    portable = copy.copy(teacher)
+    if hasattr(portable, "options"):
+        portable.options = dataclasses.replace(portable.options, tracker=None)
+    return portable
+
+
+def run_sweep(config: Config, show_progress: bool = True) -> dict:
+    from ray import tune
+
+    from .pipeline import update_results
+    from .sweep_report import plot_sweep, print_sweep, sweep_rows
+
+    trials = check_grid(config)
+    # MLflow is the record; Tune's own TensorBoard/CSV/JSON loggers would only duplicate it.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    tags = {"stage": "sweep", "config_hash": config_hash(config), "output_dir": str(output_dir.resolve()),
+            "trials": len(trials)}
+    with tracker.run("sweep", tags=tags) as parent_id:
+        tracker.log_params(parent_id, config.model_dump(mode="json"))
+        data = load_data(config)
+        ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
+        specialists = None
+        if config.student.teacher == "specialists":
+            from specialists.stage import check_section, run_specialist_stage
+
+            check_section(config.specialists, data)
+            specialists, more = run_specialist_stage(config, config.specialists, data, ensemble, output_dir,
+                                                     tracker, parent_id, show_progress)
+            sections.update(more)
+        from .stage import choose_teacher
+
+        teacher = _portable(choose_teacher(config, ensemble, specialists))
+        connect_ray(config.ray.address, config.ray.num_cpus, config.ray.num_gpus)
+        cpus = config.sweep.num_cpus
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, base=config.model_dump(mode="json"), data=data, teacher=teacher,
+                                 tracking=(tracker.uri, config.tracking.experiment), parent_id=parent_id,
+                                 output_dir=str(output_dir.resolve()), threads=max(1, int(cpus))),
+            {"cpu": cpus, "gpu": config.student.resources.num_gpus},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: tune.grid_search(values) for key, values in config.sweep.grid.items()},
+            tune_config=tune.TuneConfig(metric=SELECTION_METRIC, mode="max", reuse_actors=True,
+                                        max_concurrent_trials=config.sweep.max_concurrent),
+            run_config=tune.RunConfig(name=f"sweep-{config_hash(config)}", storage_path=str((output_dir / "tune")
+                                      .resolve()), verbose=1 if show_progress else 0),
+        )
+        grid = tuner.fit()
+        if grid.errors:
+            raise DistillError(f"sweep: {len(grid.errors)} of {len(trials)} trials failed; first: "
+                               f"{str(grid.errors[0]).strip().splitlines()[-1]}")
+        rows = sweep_rows(grid, list(config.sweep.grid))
+        sweep_dir = output_dir / "sweep"
+        sweep_dir.mkdir(exist_ok=True)
+        plots = plot_sweep(rows, list(config.sweep.grid), sweep_dir)
+        best = max(rows, key=lambda r: r[SELECTION_METRIC])
+        sections["sweep"] = {"grid": config.sweep.grid, "selection_metric": SELECTION_METRIC, "trials": rows,
+                             "best": best, "plots": [str(p) for p in plots]}
+        sections["mlflow"] = {"tracking_uri": redact(tracker.uri), "experiment_id": tracker.experiment_id,
+                              "parent_run_id": parent_id}
+        (sweep_dir / "sweep.json").write_text(json.dumps(sections["sweep"], indent=1) + "\n")
+        tracker.log_metrics(parent_id, {f"best_{k}": v for k, v in best.items()
+                                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for path in [*plots, sweep_dir / "sweep.json"]:
+            tracker.log_artifact(parent_id, path, "sweep")
+        results = update_results(output_dir / "results.json", sections)
+    print_sweep(rows, list(config.sweep.grid))
+    return results
