@@ -42,17 +42,26 @@ def experiments() -> list[tuple[str, str, list[str]]]:
         ("specialists", "configs/mnist_specialists.yaml", []),
         ("ensemble_arithmetic", "configs/mnist_ensemble.yaml", []),
         ("ensemble_geometric", "configs/mnist_ensemble.yaml", ["student.mean=geometric"]),
+        # Distillation variants (issue 7): the headline teacher and 2x800 student, the same 30 epochs.
+        ("variant_fitnets", "configs/mnist_hinton.yaml",
+         ["student.method=fitnets", "student.fitnets={hint_layer: '3', guided_layer: '2', epochs: 5}"]),
+        *[(f"variant_adversarial_{v}", "configs/mnist_hinton.yaml",
+           ["student.method=adversarial", f"student.adversarial.variant={v}"]) for v in ("pretrained", "gan", "wgan")],
+        ("sweep", "configs/mnist_hinton.yaml",
+         ["student.model.params.hidden=[300,300]", "student.train.epochs=10", "sweep.num_cpus=1",
+          "sweep.grid={student.temperature: [1, 2, 4, 8, 20], student.alpha: [0.1, 0.5, 0.9]}"]),
     ]
 
 
 def run_one(name: str, config: str, overrides: list[str]) -> dict:
+    command = "sweep" if name == "sweep" else "run"
     args = [config, "--output-dir", RUNS, "--no-progress", *[a for o in overrides for a in ("--set", o)]]
     distill = Path(sys.executable).with_name("distill")
     started = time.perf_counter()
-    subprocess.run([str(distill), "run", *args], cwd=REPO, check=True)
+    subprocess.run([str(distill), command, *args], cwd=REPO, check=True)
     wall = time.perf_counter() - started
     results = json.loads((REPO / RUNS / "results.json").read_text())
-    record = {"experiment": name, "command": " ".join(["distill", "run", *args]), "wall_seconds": round(wall, 1),
+    record = {"experiment": name, "command": " ".join(["distill", command, *args]), "wall_seconds": round(wall, 1),
               "when": time.strftime("%Y-%m-%d %H:%M:%S"), **results}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -36,7 +36,7 @@ python benchmarks/paper_report.py        # writes this file and the plots
 
 Machine: {machine}. All experiments share `--output-dir runs/paper`, so a model that two experiments need (the
 2x1200 teacher, a hard-label baseline, ensemble member 0) is trained once; an experiment's wall time therefore only
-counts what it trained itself. Seed 0 everywhere (ensemble members 0, 1, 2 use seeds 0, 1, 2).
+counts what it trained itself. Seed 0 everywhere (ensemble member i uses seed i).
 """
 
 

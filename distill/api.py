@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -18,10 +20,15 @@ from ensemble.trainer import TrainResult, TrainSpec, predict_logits
 from specialists.api import SpecialistEnsemble
 from specialists.dustbin import find_head
 
+from .adversarial import AdversarialObjective
 from .export import export_torchscript
+from .hints import HintObjective, hint_student_factory, load_guided_student
 from .objective import DistillationObjective
 from .teachers import OnlineTeacher, TeacherCache, teacher_outputs
 from .transfer import SubsetSampler, choose_bias_shift, left_out_classes, shifted, transfer_indices
+
+
+METHODS = ("kd", "fitnets", "adversarial")
 
 
 class Distiller:
@@ -48,11 +55,22 @@ class Distiller:
         use_cache: bool | None = None,
         seed: int = 0,
         jitter: int = 0,
+        method: str = "kd",
+        fitnets: dict | None = None,
+        adversarial: dict | None = None,
         **options,
     ):
         """``use_cache``: None uses the teacher's cached logits when they were made on this training split;
         True requires them (a cache for other data is an error); False always runs the teacher.
+        ``method``: ``kd`` (the ``loss`` on soft targets), ``fitnets`` (a hint stage first, then ``loss``; ``fitnets``
+        holds hint_layer, guided_layer, epochs, kernel_size) or ``adversarial`` (a discriminator on logits;
+        ``adversarial`` holds variant, alpha, beta, gamma, lr, hidden, pretrain_steps, gp_weight).
         ``options`` are :class:`ensemble.fit.FitOptions` (output_dir, num_cpus, num_gpus, tracker, ...)."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method == "fitnets" and not (fitnets or {}).get("hint_layer"):
+            raise ValueError("method 'fitnets' needs fitnets={'hint_layer': ..., 'guided_layer': ...}")
+        self.method, self.fitnets, self.adversarial = method, dict(fitnets or {}), dict(adversarial or {})
         DistillationObjective(loss, temperature, alpha)  # validates the three before any work
         self.teacher = teacher
         self.student_factory = student_factory
@@ -129,14 +147,23 @@ class Distiller:
         self.transfer_indices_ = transfer_indices(splits["train"].y, self.fraction, self.omit_classes,
                                                   self.only_classes, self.seed)
         sampler = SubsetSampler(self.transfer_indices_)
-        specs = [TrainSpec("student", "student", self.student_factory, self.train_config, self.seed, self.jitter,
-                           objective=objective, sampler=sampler, tags={"teacher": teacher_id})]
+        data_fingerprint = fingerprint({name: s.fingerprint() for name, s in splits.items()})
+        if self.method == "adversarial":
+            objective = AdversarialObjective(num_classes, **self.adversarial, teacher_id=objective.teacher_id,
+                                             cache=objective.cache, teacher=objective.teacher)
+        student_factory, identity = self.student_factory, {}
+        if self.method == "fitnets":
+            state = self._fit_hint_stage(splits, sampler, data_fingerprint, num_classes, teacher_id)
+            student_factory = partial(load_guided_student, self.student_factory, state)
+            identity = {"hint_stage": state_fingerprint(state)}
+        specs = [TrainSpec("student", "student", student_factory, self.train_config, self.seed, self.jitter,
+                           objective=objective, sampler=sampler, tags={"teacher": teacher_id, "method": self.method},
+                           identity=identity)]
         if self.baseline:
             specs.append(TrainSpec("student_baseline", "student_baseline", self.student_factory, self.train_config,
                                    self.seed, self.jitter, objective=DistillationObjective("ce"), sampler=sampler))
-        data_fingerprint = fingerprint({name: s.fingerprint() for name, s in splits.items()})
         fitted = fit_specs(specs, splits, data_fingerprint, num_classes, self.options)
-        self.results_, self.run_ids_ = fitted.results, fitted.run_ids
+        self.results_, self.run_ids_ = fitted.results, {**self.run_ids_, **fitted.run_ids}
         self.student_ = fitted.models[0]
         self.baseline_ = fitted.models[1] if self.baseline else None
         self.num_classes_ = num_classes
@@ -144,6 +171,30 @@ class Distiller:
         self.val_labels_ = splits["val"].y
         self._shift_left_out_classes()
         return self
+
+    def hint_teacher(self) -> nn.Module:
+        """The network whose hidden layer gives the hints: member 0 of an ensemble, else the generalist."""
+        kind = self._kind()
+        if kind == "ensemble":
+            return self.teacher.members_[0]
+        return self.teacher.generalist if kind == "specialists" else self.teacher
+
+    def _fit_hint_stage(self, splits, sampler, data_fingerprint: str, num_classes: int, teacher_id: str) -> dict:
+        """FitNets stage 1: the student up to its guided layer, and the regressor, on the hint loss alone."""
+        cfg = self.fitnets
+        teacher = copy.deepcopy(self.hint_teacher()).eval()
+        factory = hint_student_factory(self.student_factory, teacher, cfg["hint_layer"], cfg["guided_layer"],
+                                       tuple(splits["train"].x.shape[1:]), cfg.get("kernel_size", 3))
+        train = self.train_config.model_copy(update={"epochs": cfg.get("epochs", 5),
+                                                     "early_stopping_patience": None})
+        objective = HintObjective(teacher, cfg["hint_layer"], cfg["guided_layer"],
+                                  f"{teacher_id}:{state_fingerprint(teacher.state_dict())}")
+        spec = TrainSpec("student_hint", "student_hint", factory, train, self.seed, self.jitter, objective=objective,
+                         sampler=sampler, keep_best=False)
+        fitted = fit_specs([spec], splits, data_fingerprint, num_classes, self.options)
+        self.run_ids_.update(fitted.run_ids)
+        self.hint_result_ = fitted.results[0]
+        return fitted.results[0].state_dict
 
     def _shift_left_out_classes(self) -> None:
         """Raise the biases of classes the transfer set left out, by the amount best on validation data."""

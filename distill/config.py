@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ensemble.config import (
     ModelConfig, ResourcesConfig, Section, StageConfig, TrainConfig, dump_config, fingerprint, load_config as _load,
@@ -22,6 +22,24 @@ class TransferConfig(Section):
     only_classes: list[int] | None = Field(None, description="keep only these classes (the paper's 7s and 8s)")
 
 
+class FitNetsConfig(Section):
+    hint_layer: str = Field(..., description="teacher layer giving the hint, by module name, e.g. '3'")
+    guided_layer: str = Field(..., description="student layer it guides, by module name, e.g. '2'")
+    epochs: int = Field(5, gt=0, description="stage 1 (hint) epochs; stage 2 uses student.train")
+    kernel_size: int = Field(3, gt=0, description="regressor kernel for convolutional features (odd)")
+
+
+class AdversarialConfig(Section):
+    variant: Literal["pretrained", "gan", "wgan"] = "gan"
+    alpha: float = Field(0.1, ge=0, description="weight of the adversarial term (0.1: at 1 it swamps the labels)")
+    beta: float = Field(1.0, ge=0, description="weight of the hard-label cross-entropy")
+    gamma: float = Field(1.0, gt=0, description="scale of the discriminator's loss")
+    lr: float = Field(1e-3, gt=0, description="discriminator learning rate (Adam)")
+    hidden: int = Field(64, gt=0, description="discriminator hidden units")
+    pretrain_steps: int = Field(200, ge=0, description="'pretrained': batches before the discriminator freezes")
+    gp_weight: float = Field(10.0, ge=0, description="'wgan': gradient-penalty weight (the Lipschitz constraint)")
+
+
 class StudentConfig(Section):
     enabled: bool = True
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", params={"hidden": [32]}))
@@ -30,12 +48,23 @@ class StudentConfig(Section):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha on the hard labels")
     loss: str = Field("kd", description="a registered loss: kd, logit_matching, ce, ...")
+    method: Literal["kd", "fitnets", "adversarial"] = Field(
+        "kd", description="kd: the loss on soft targets; fitnets: a hint stage, then the loss; adversarial: a "
+        "discriminator on logits")
+    fitnets: FitNetsConfig | None = Field(None, description="needed by method: fitnets")
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     baseline: bool = Field(True, description="also train the same student on hard labels alone")
     jitter: int = Field(0, ge=0, description="augment the student's inputs; the teacher then runs online")
     train: TrainConfig = Field(default_factory=TrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     registered_model: str | None = Field("distilled-student", description="MLflow model registry name")
+
+    @model_validator(mode="after")
+    def _method_settings(self) -> "StudentConfig":
+        if self.method == "fitnets" and self.fitnets is None:
+            raise ValueError("method 'fitnets' needs student.fitnets.hint_layer and student.fitnets.guided_layer")
+        return self
 
     @field_validator("loss")
     @classmethod

@@ -93,7 +93,8 @@ def summary_rows(sections: dict, trained: dict) -> list[dict]:
             rows.append({"model": "student, hard labels (baseline)", "test_accuracy": student["baseline_test_accuracy"],
                          "test_errors": student["baseline_test_errors"], "params": student["params"],
                          "latency_ms": student["latency_ms_per_batch"]})
-        rows.append({"model": f"student, distilled from {student['teacher']} (T={student['temperature']:g})",
+        how = "" if student.get("method", "kd") == "kd" else f", {student['method']}"
+        rows.append({"model": f"student, distilled from {student['teacher']} (T={student['temperature']:g}{how})",
                      "test_accuracy": student["test_accuracy"], "test_errors": student["test_errors"],
                      "params": student["params"], "latency_ms": student["latency_ms_per_batch"]})
     return rows

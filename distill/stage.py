@@ -54,6 +54,9 @@ def build_distiller(config: Config, data: DatasetSplits, teacher, output_dir: Pa
         only_classes=section.transfer.only_classes,
         seed=config.seed,
         jitter=section.jitter,
+        method=section.method,
+        fitnets=section.fitnets.model_dump() if section.fitnets else None,
+        adversarial=section.adversarial.model_dump(),
         **{**options, **overrides},
     )
 
@@ -94,6 +97,7 @@ def run_student_stage(
         "temperature": section.temperature,
         "alpha": section.alpha,
         "loss": section.loss,
+        "method": section.method,
         "transfer_examples": len(distiller.transfer_indices_),
         "export_path": str(export_path),
         "file_bytes": export_path.stat().st_size,

@@ -26,6 +26,13 @@ class Objective:
         """What identifies this objective in a checkpoint fingerprint."""
         return {"objective": type(self).__name__}
 
+    def state_dict(self) -> dict:
+        """Trainable state the objective owns (a discriminator and its optimiser), saved in every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class CrossEntropy(Objective):
     """Hard-label cross-entropy, ``-log softmax(z)_y``: how ensemble members and the generalist are trained."""

@@ -45,6 +45,7 @@ class TrainSpec:
     sampler: Sampler | None = None
     tags: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)  # anything else that defines the model, e.g. initial weights
+    keep_best: bool = True  # False keeps the last epoch's weights (a stage whose outputs are not yet predictions)
 
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(
@@ -58,6 +59,7 @@ class TrainSpec:
                 "sampler": repr(self.sampler),
                 "data": data_fingerprint,
                 "identity": self.identity,
+                **({} if self.keep_best else {"keep_best": False}),
             }
         )
 
@@ -183,6 +185,7 @@ class Trainer:
                                       "it was saved by another architecture") from None
             if scheduler is not None and checkpoint.get("scheduler"):
                 scheduler.load_state_dict(checkpoint["scheduler"])
+            objective.load_state_dict(checkpoint.get("objective", {}))
             generator.set_state(checkpoint["generator"])
             torch.set_rng_state(checkpoint["torch_rng"])
             history = checkpoint["history"]
@@ -205,6 +208,7 @@ class Trainer:
                 else torch.randperm(n_train, generator=generator)
             )
             term_sums: dict[str, torch.Tensor] = {}
+            monitored: set[str] = set()
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 xb = x_train[idx].to(self.device, non_blocking=True)
@@ -212,7 +216,9 @@ class Trainer:
                     xb = jitter(xb, spec.jitter, generator)
                 yb = y_train[idx].to(self.device, non_blocking=True)
                 _, terms = objective(model, xb, yb, idx)
-                loss = sum(terms.values())
+                # A term without a gradient (say, a discriminator's own loss) is logged, not optimised.
+                monitored.update(name for name, value in terms.items() if not value.requires_grad)
+                loss = sum(value for value in terms.values() if value.requires_grad)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -225,14 +231,14 @@ class Trainer:
                 scheduler.step()
             train_seconds = time.perf_counter() - started
             terms_mean = {name: float(total) / len(order) for name, total in term_sums.items()}
-            train_loss = sum(terms_mean.values())
+            train_loss = sum(v for name, v in terms_mean.items() if name not in monitored)
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(
                     f"{spec.name}: training loss became {train_loss} in epoch {epoch + 1}; "
                     "lower the learning rate (train.optimizer.lr) or check the inputs"
                 )
             val_accuracy = accuracy(predict_logits(model, x_val, train_cfg.eval_batch_size, self.device), y_val)
-            if val_accuracy > best["val_accuracy"]:
+            if val_accuracy > best["val_accuracy"] or not spec.keep_best:
                 best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "state": _cpu_state(model)}
                 epochs_since_best = 0
             else:
@@ -261,6 +267,7 @@ class Trainer:
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
                     "generator": generator.get_state(),
+                    "objective": objective.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
                     "best": best,

@@ -1,0 +1,128 @@
+"""FitNets hints (Romero et al., 2015): a teacher hidden layer guides a student hidden layer through a regressor.
+
+Stage 1 trains the student up to its guided layer, plus the regressor, on the hint loss alone; stage 2 trains the
+whole student with the usual KD loss, starting from the stage-1 weights. Layers are chosen by their module names
+(``dict(model.named_modules())``) and read with forward hooks, so no model's ``forward`` is edited.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ensemble.errors import ConfigError
+from ensemble.objectives import Objective
+
+
+def hint_loss(hint: torch.Tensor, regressed: torch.Tensor) -> torch.Tensor:
+    """``L_HT = ½ ‖u_hint(x) − r(v_guided(x))‖²``, summed over features, batch mean."""
+    return 0.5 * (hint - regressed).pow(2).flatten(1).sum(dim=1).mean()
+
+
+class ForwardHooks:
+    """Capture the outputs of named submodules during a forward pass: ``with ForwardHooks(m, ["3"]) as out:``."""
+
+    def __init__(self, model: nn.Module, names: list[str], where: str = "model"):
+        modules = dict(model.named_modules())
+        missing = [name for name in names if name not in modules]
+        if missing:
+            known = [name for name in modules if name]
+            raise ConfigError(f"{where}: no layer named {missing}; its layers are {known}")
+        self.modules = {name: modules[name] for name in names}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles: list = []
+
+    def __enter__(self) -> dict[str, torch.Tensor]:
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_hook(self._keep(name)))
+        return self.outputs
+
+    def _keep(self, name: str):
+        def hook(module, inputs, output):
+            self.outputs[name] = output
+
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def build_regressor(guided: torch.Tensor, hint: torch.Tensor, kernel_size: int = 3) -> nn.Module:
+    """Linear for flat features (MLPs); a convolution for feature maps of the same spatial size (CNNs)."""
+    if guided.dim() == 2 and hint.dim() == 2:
+        return nn.Linear(guided.shape[1], hint.shape[1])
+    if guided.dim() == 4 and hint.dim() == 4:
+        if guided.shape[2:] != hint.shape[2:]:
+            raise ConfigError(f"student.fitnets: guided maps {tuple(guided.shape[2:])} and hint maps "
+                              f"{tuple(hint.shape[2:])} differ in size; choose layers of the same resolution")
+        return nn.Conv2d(guided.shape[1], hint.shape[1], kernel_size, padding=kernel_size // 2)
+    raise ConfigError(f"student.fitnets: cannot regress features of shape {tuple(guided.shape[1:])} onto "
+                      f"{tuple(hint.shape[1:])}; pick two flat or two convolutional layers")
+
+
+class HintStudent(nn.Module):
+    """The student plus its regressor, so that stage 1's optimiser trains both (the regressor is dropped after)."""
+
+    def __init__(self, student: nn.Module, regressor: nn.Module):
+        super().__init__()
+        self.student = student
+        self.regressor = regressor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+
+def hint_student_factory(student_factory, teacher: nn.Module, hint_layer: str, guided_layer: str,
+                         input_shape: tuple, kernel_size: int = 3):
+    """A picklable factory for stage 1: probes both layers' shapes once to size the regressor."""
+    probe = torch.zeros((2, *input_shape))
+    with torch.no_grad(), ForwardHooks(teacher, [hint_layer], "student.fitnets.hint_layer (teacher)") as t_out:
+        teacher.eval()(probe)
+    student = student_factory()
+    with torch.no_grad(), ForwardHooks(student, [guided_layer], "student.fitnets.guided_layer (student)") as s_out:
+        student.eval()(probe)
+    guided_shape, hint_shape = tuple(s_out[guided_layer].shape), tuple(t_out[hint_layer].shape)
+    return _HintFactory(student_factory, guided_shape, hint_shape, kernel_size)
+
+
+class _HintFactory:
+    def __init__(self, student_factory, guided_shape, hint_shape, kernel_size):
+        self.student_factory, self.kernel_size = student_factory, kernel_size
+        self.guided_shape, self.hint_shape = guided_shape, hint_shape
+
+    def __call__(self) -> HintStudent:
+        regressor = build_regressor(torch.empty(self.guided_shape), torch.empty(self.hint_shape), self.kernel_size)
+        return HintStudent(self.student_factory(), regressor)
+
+
+class HintObjective(Objective):
+    """Stage 1: ``(logits, {"hint": L_HT})`` with the teacher's hint layer computed on the batch."""
+
+    def __init__(self, teacher: nn.Module, hint_layer: str, guided_layer: str, teacher_id: str = ""):
+        self.teacher, self.hint_layer, self.guided_layer, self.teacher_id = teacher, hint_layer, guided_layer, teacher_id
+
+    def __call__(self, model: HintStudent, x, y, idx):
+        with torch.no_grad(), ForwardHooks(self.teacher, [self.hint_layer]) as t_out:
+            self.teacher(x)
+        with ForwardHooks(model.student, [self.guided_layer]) as s_out:
+            logits = model(x)
+        regressed = model.regressor(s_out[self.guided_layer])
+        return logits, {"hint": hint_loss(t_out[self.hint_layer], regressed)}
+
+    def to(self, device):
+        self.teacher = self.teacher.to(device).eval()
+        return self
+
+    def describe(self) -> dict:
+        return {"objective": "fitnets_hint", "hint_layer": self.hint_layer, "guided_layer": self.guided_layer,
+                "teacher": self.teacher_id}
+
+
+def load_guided_student(student_factory, hint_state: dict):
+    """Stage 2's starting point: the student's weights from stage 1, the regressor left behind."""
+    student = student_factory()
+    prefix = "student."
+    student.load_state_dict({k[len(prefix):]: v for k, v in hint_state.items() if k.startswith(prefix)})
+    return student
