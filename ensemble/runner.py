@@ -62,6 +62,7 @@ class TrainerActor:
         # Two actors each running torch with all cores' threads thrash: one thread per CPU granted.
         torch.set_num_threads(max(1, num_threads))
         self.device = resolve_device(num_gpus)
+        self._raylet_pid = os.getppid()
         self._progress: dict = {"status": "starting"}
 
     def placement(self) -> dict:
@@ -81,6 +82,11 @@ class TrainerActor:
         self._progress = {"status": "training", "epoch": 0, "epochs": spec.train.epochs}
 
         def on_epoch(record: dict) -> None:
+            if os.getppid() != self._raylet_pid:
+                # The raylet that started this worker is gone (its driver was SIGKILLed with the local cluster):
+                # nobody will read the result. Stop at this epoch boundary, its checkpoint saved, rather than
+                # train on beside the rerun that will resume from it.
+                os._exit(1)
             self._progress = {"status": "training", "epochs": spec.train.epochs, **record}
             if sink is not None:
                 sink(epoch_metrics(record), step=record["epoch"])

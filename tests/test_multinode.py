@@ -58,7 +58,7 @@ def test_members_spread_across_nodes_and_write_to_the_storage_path(cluster, digi
 def test_a_node_removed_mid_training_hands_the_member_to_another_node(cluster, digits, tmp_path):
     nodes, workers = cluster
     out = tmp_path / "storage"
-    ensemble = _ensemble(digits, out, members=1, epochs=30, hidden=(256, 256))
+    ensemble = _ensemble(digits, out, members=1, epochs=12, hidden=(256, 256))
     outcome: dict = {}
 
     def fit():
@@ -85,4 +85,4 @@ def test_a_node_removed_mid_training_hands_the_member_to_another_node(cluster, d
     survivor = next(w for w in workers if w is not victim)
     assert result.placement["node_id"] == survivor.node_id
     assert result.resumed_from_epoch >= 2, "resumed from the checkpoint on the storage path"
-    assert result.metrics["epochs_trained"] == 30
+    assert result.metrics["epochs_trained"] == 12
