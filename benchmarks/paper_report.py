@@ -342,8 +342,17 @@ Commands: `{done[0]['command']}` with `student.method` and its section set per r
 {len(done)} runs. The adversarial variants use the labels plus an adversarial term (weight 0.1, beta 1) and no soft
 targets, so they are compared with the baseline as much as with KD. Best variant here: {best['experiment']}
 ({best['student']['test_errors']} errors); {"vanilla KD stays best" if s['test_errors'] <= best['student']['test_errors'] else "it beats vanilla KD"}.
+{_no_help(records, names, s['baseline_test_errors'])}
 """
     return text, sum(r["wall_seconds"] for r in done)
+
+
+def _no_help(records: dict, names: dict, baseline: int) -> str:
+    worse = [names[n] for n, r in records.items() if r and r["student"]["test_errors"] >= baseline]
+    if not worse:
+        return "Every variant beats the hard-label baseline."
+    return (f"Not helping here (no better than the hard-label baseline's {baseline} errors): " + "; ".join(worse)
+            + ". One seed each, default settings, no tuning of the adversarial weight beyond digits.")
 
 
 def sweep() -> tuple[str, float]:
@@ -358,7 +367,7 @@ def sweep() -> tuple[str, float]:
     rows = [[f"T = {t:g}"] + [cell[(t, a)]["test_errors"] if (t, a) in cell else "-" for a in alphas] for t in ts]
     plots = []
     for path in sw["plots"]:
-        source = Path(path)
+        source = Path(path) if Path(path).is_absolute() else REPO / path
         if source.is_file():
             target = OUT / source.name
             target.write_bytes(source.read_bytes())
