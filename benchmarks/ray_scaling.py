@@ -25,7 +25,7 @@ from ensemble.trainer import TrainSpec
 
 
 def run_case(workers: int, members: int, data, train: TrainConfig) -> dict:
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         factory = partial(build_model, "mlp", data.input_shape, 10, {"hidden": [1200, 1200]})
         splits = {"train": data.train, "val": data.val}

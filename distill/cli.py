@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         # One line, always: a multi-line message (a library's, say) is folded rather than cut.
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as err:
+        # The file system said no (a full disk, a read-only folder): the user's environment, not a bug.
+        if args.debug:
+            traceback.print_exc()
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

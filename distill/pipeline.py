@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ensemble.checkpoint import write_json
+from ensemble.checkpoint import make_output_dir, write_json
 from ensemble.stage import load_data, run_ensemble_stage
 from ensemble.tracking import Tracker, redact
 from specialists.stage import check_section, run_specialist_stage
@@ -28,7 +28,7 @@ def run(config: Config, until: str = "student", show_progress: bool = True) -> d
     """Run the stages up to ``until``; each reuses what earlier invocations finished on disk."""
     stages = STAGES[: STAGES.index(until) + 1]
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(output_dir)
     (output_dir / "config.yaml").write_text(dump_config(config))
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tags = {"stage": until, "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from ensemble.checkpoint import make_output_dir
 from ensemble.config import apply_overrides, validate_config
 from ensemble.errors import ConfigError, DistillError
-from ensemble.runner import connect_ray
+from ensemble.cluster import connect_ray
 from ensemble.stage import load_data, run_ensemble_stage
 from ensemble.tracking import Tracker, redact
 
@@ -116,7 +117,7 @@ def run_sweep(config: Config, show_progress: bool = True) -> dict:
     # MLflow is the record; Tune's own TensorBoard/CSV/JSON loggers would only duplicate it.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(output_dir)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tags = {"stage": "sweep", "config_hash": config_hash(config), "output_dir": str(output_dir.resolve()),
             "trials": len(trials)}

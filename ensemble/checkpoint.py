@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -72,6 +74,20 @@ class CheckpointDir:
             if state is not None:
                 return state
         return None
+
+
+def make_output_dir(path: str | Path, key: str = "output_dir") -> Path:
+    """Create the output folder, or say in one line why it cannot be (a file of that name, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{key}: {path} exists and is not a folder; choose another --output-dir") from None
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot create the folder {path} ({err.strerror}); choose another --output-dir") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: the folder {path} is not writable; choose another --output-dir")
+    return path
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -164,7 +164,18 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
-def describe_validation_error(err: ValidationError) -> str:
+def _error_source(loc: tuple, overrides: list[str], source: str) -> str:
+    """The ``--set`` argument that supplied the value at ``loc`` (the last one wins, as when applied), else the file."""
+    dotted = [str(part) for part in loc]
+    for item in reversed(overrides):
+        path, _ = parse_override(item)
+        if dotted[: len(path)] == path or path[: len(dotted)] == dotted:
+            return f"--set {item}"
+    return source
+
+
+def describe_validation_error(err: ValidationError, source: str = "config", overrides: list[str] = ()) -> str:
+    """One clause per error, each naming where its value came from: ``--set a.b=x: a.b: must be > 0 (got -1)``."""
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "config"
@@ -173,15 +184,15 @@ def describe_validation_error(err: ValidationError) -> str:
             msg = "unknown key"
         elif "input" in e and not isinstance(e["input"], (dict, list)):
             msg += f" (got {e['input']!r})"
-        parts.append(f"{key}: {msg}")
+        parts.append(f"{_error_source(e['loc'], list(overrides), source)}: {key}: {msg}")
     return "; ".join(parts)
 
 
-def validate_config(schema: type[ConfigT], tree: dict, source: str = "config") -> ConfigT:
+def validate_config(schema: type[ConfigT], tree: dict, source: str = "config", overrides: list[str] = ()) -> ConfigT:
     try:
         return schema.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {describe_validation_error(err)}") from None
+        raise ConfigError(describe_validation_error(err, source, overrides)) from None
 
 
 def load_config(schema: type[ConfigT], path: str | Path | None = None, overrides: list[str] = ()) -> ConfigT:
@@ -200,7 +211,7 @@ def load_config(schema: type[ConfigT], path: str | Path | None = None, overrides
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(tree, list(overrides))
-    return validate_config(schema, tree, source)
+    return validate_config(schema, tree, source, list(overrides))
 
 
 def dump_config(config: BaseModel) -> str:

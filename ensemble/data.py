@@ -123,13 +123,26 @@ def _npz(root: str, download: bool):
     if missing:
         raise DataError(f"data.root: {path} lacks the arrays {missing}; expected {NPZ_KEYS}")
 
+    def array(key: str) -> np.ndarray:
+        try:
+            return arrays[key]
+        except ValueError as err:
+            if "allow_pickle" not in str(err):
+                raise DataError(f"data.root: {path} {key} cannot be read ({err})") from None
+            # Object arrays (ragged lists, mixed types) only load through pickle, which can run arbitrary code.
+            raise DataError(f"data.root: {path} {key} is an object array, which numpy reads only through pickle "
+                            "(unsafe, so refused); save it as a numeric array, e.g. np.stack(items).astype("
+                            "np.float32)") from None
+
     def split(kind: str) -> Split:
-        y = arrays[f"y_{kind}"]
+        x, y = array(f"x_{kind}"), array(f"y_{kind}")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"data.root: {path} y_{kind} must hold integer labels, got {y.dtype}")
-        return Split(torch.as_tensor(arrays[f"x_{kind}"], dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64))
+        if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+            raise DataError(f"data.root: {path} x_{kind} must hold numbers, got {x.dtype}")
+        return Split(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64))
 
-    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays.files else []
+    names = [str(n) for n in array("class_names")] if "class_names" in arrays.files else []
     return split("train"), split("test"), names
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,26 +12,10 @@ from typing import Callable
 import ray
 import torch
 
+from .cluster import connect_ray
 from .data import Split, from_numpy, to_numpy
 from .errors import DistillError, ResourceError
 from .trainer import Trainer, TrainResult, TrainSpec, epoch_metrics, resolve_device
-
-
-def connect_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
-    """Join the cluster of a submitted job (``RAY_ADDRESS``) or ``address``; else start a local Ray."""
-    if ray.is_initialized():
-        return
-    # ray.init replaces the SIGTERM handler (its core worker aborts the process); keep the application's own,
-    # so the CLI can still end its MLflow runs as KILLED when a job is stopped.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
-    address = os.environ.get("RAY_ADDRESS") or address
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
-    if in_main_thread and previous is not None:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass

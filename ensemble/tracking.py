@@ -7,6 +7,7 @@ file locally, an ``http://`` MLflow server on a cluster).
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -76,17 +77,65 @@ def _retry(call, *args, attempts: int = 6, **kwargs):
             time.sleep(0.2 * 2**attempt)
 
 
+SERVER_WAIT_SECONDS = 10.0  # bounded: MLflow's own client retries a dead server for minutes
+
+
+def _first_sentence(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
+def check_server(uri: str, seconds: float = SERVER_WAIT_SECONDS) -> None:
+    """For an ``http(s)://`` store, fail in at most ``seconds`` unless something answers HTTP there.
+
+    Any HTTP status counts as an answer (a proxy's 401 included): only a refused, unreachable or silent address
+    is an error. A refused connection is retried briefly, since a server that is still starting refuses too.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    # urllib does not take credentials from the URL: send them as MLflow would, in a basic-auth header.
+    request = urllib.request.Request(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""),
+                                                    path=parts.path.rstrip("/") + "/health").geturl())
+    if parts.username:
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=max(0.5, min(5.0, remaining))):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", None) or err
+            if time.monotonic() + 1.0 >= deadline:
+                raise DistillError(
+                    f"tracking.uri: no MLflow server answers at {redact(uri)} ({reason}, for {seconds:.0f} s); "
+                    "start one (`mlflow server --host 127.0.0.1 --port PORT`) or use a local store such as "
+                    "sqlite:///mlflow.db"
+                ) from None
+            time.sleep(1.0)
+
+
 class Tracker:
     def __init__(self, uri: str = "sqlite:///mlflow.db", experiment: str = "distill"):
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_tracking_uri(uri)
-        self.client = MlflowClient(self.uri)
+        check_server(self.uri)
         try:
+            self.client = MlflowClient(self.uri)
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
         except Exception as err:  # noqa: BLE001 - connection, permission or schema problems
-            raise DistillError(f"tracking.uri: cannot use MLflow store {self.uri!r} ({str(err).splitlines()[0]})")
+            raise DistillError(f"tracking.uri: MLflow cannot use {redact(self.uri)!r} ({_first_sentence(err)}); "
+                               "expected sqlite:///PATH.db, a folder or http://HOST:PORT") from None
 
     def _create_experiment(self, name: str) -> str:
         artifact_location = None

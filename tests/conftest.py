@@ -28,7 +28,8 @@ def start_ray(num_cpus: int = 2, num_gpus: int | None = None) -> None:
         if have.get("CPU") == num_cpus and have.get("GPU", 0) == (num_gpus or 0):
             return
         ray.shutdown()
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+    # "local": never join a cluster some earlier `ray start` recorded in the temp folder (it may be dead).
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
 
 
 @pytest.fixture(scope="module")

@@ -122,3 +122,23 @@ def ray_head(num_cpus: int = 2):
             except ProcessLookupError:
                 pass
         log.close()
+
+
+def run_distill(args: list[str], timeout: float, env: dict | None = None,
+                code: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """``distill ARGS`` (or ``python -c CODE ARGS``) in a session of its own; (result, seconds). On overrun it is
+    killed with everything it started and the test fails: a hang must never hold up the suite."""
+    import pytest
+
+    env = env if env is not None else {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "distill.cli", *args]
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"distill {' '.join(args)} hung: no exit within {timeout:.0f} s")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err), time.monotonic() - started

@@ -1,8 +1,9 @@
-"""Bad input, table-driven, through the real CLI entry point: one line naming the problem, exit code 2, no
-traceback (unless ``--debug``), the MLflow run FAILED when one was started, and finished work kept on disk.
+"""Bad input, table-driven, through the real CLI in its own process with a hard 30 s limit: one line on stderr
+naming the problem, exit code 2, no traceback (unless ``--debug``), the MLflow run FAILED when one was started,
+finished work kept on disk, and never a hang (a dead cluster, a silent tracking server).
 
-Errors found while validating the config are reported before any MLflow run exists (there is nothing to mark);
-errors found while running mark the parent run FAILED.
+Errors found while validating the config (or the output folder) are reported before any MLflow run exists (there is
+nothing to mark); errors found while running mark the parent run FAILED.
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from torch import nn
 
 from distill.cli import main
 from ensemble.checkpoint import load_verified, save_verified
-from ensemble.models import MODELS, build_model
+from ensemble.models import build_model
+from servers import free_port, run_distill
+
+CASE_SECONDS = 30
+# A user's model that forgot to size its head to the dataset, registered in the CLI's own process.
+SEVEN_OUTPUTS = (
+    "import sys, numpy as np; from torch import nn; from ensemble.models import register_model; "
+    "register_model('seven_outputs')(lambda input_shape, num_classes, **p: "
+    "nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 7))); "
+    "from distill.cli import main; sys.exit(main())"
+)
 
 BASE = ["--set", "ensemble.members=2", "--set", "ensemble.train.epochs=1", "--set", "generalist.enabled=false",
         "--no-progress"]
-
-
-def _seven_outputs(input_shape, num_classes, **params):
-    # A user's model that forgot to size its head to the dataset.
-    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 7))
 
 
 @pytest.fixture(scope="module")
@@ -90,22 +95,47 @@ def _checkpoint_of_another_model(out: Path) -> None:
     shutil.copy(sorted((second / "checkpoints").glob("epoch_*.pt.sha256"))[-1], latest.with_suffix(".pt.sha256"))
 
 
-# (id, extra CLI arguments, damage to a copy of the finished folder, text the message must contain, run FAILED?)
+def _object_arrays(arrays):
+    # Ragged inputs saved as a list of arrays: numpy stores them as an object array, readable only through pickle.
+    ragged = np.empty(len(arrays["x_train"]), dtype=object)
+    ragged[:] = list(arrays["x_train"])
+    arrays["x_train"] = ragged
+
+
+def _a_file(tmp: Path) -> str:
+    (tmp / "taken").write_text("not a folder")
+    return str(tmp / "taken")
+
+
+# (id, extra CLI arguments, damage to a copy of the finished folder or to the npz, text the message must contain,
+# run FAILED?). {tmp} is the case's temp dir, {npz} its damaged dataset, {port} a port where nothing listens,
+# {file} a file where the output folder should go.
 CASES = [
     ("unknown key", ["--set", "ensemble.trian.epochs=3"], None, "ensemble.trian", False),
     ("wrong type", ["--set", "ensemble.members=many"], None, "ensemble.members", False),
     ("negative value", ["--set", "student.temperature=-1"], None, "student.temperature", False),
     ("zero value", ["--set", "ensemble.train.epochs=0"], None, "ensemble.train.epochs", False),
+    ("bad value named by its --set", ["--set", "student.temperature=abc"], None,
+     "--set student.temperature=abc: student.temperature", False),
     ("unknown model", ["--set", "ensemble.model.name=transformer"], None, "transformer", False),
     ("missing config file", ["no_such_config.yaml"], None, "no_such_config.yaml", False),
     ("malformed --set", ["--set", "ensemble.members"], None, "ensemble.members", False),
+    ("output folder is a file", ["--output-dir", "{file}"], None, "exists and is not a folder", False),
+    ("output folder cannot be created", ["--output-dir", "/proc/distill-out"], None, "cannot create the folder",
+     False),
+    ("unsupported tracking URI", ["--tracking-uri", "foo://bar"], None, "MLflow cannot use 'foo://bar'", False),
+    ("no tracking server answers", ["--tracking-uri", "http://127.0.0.1:{port}"], None,
+     "no MLflow server answers at http://127.0.0.1:", False),
+    ("no Ray cluster answers", ["--set", "ray.address=127.0.0.1:{port}"], None, "no Ray cluster answers at 127.0.0.1:",
+     True),
     ("missing data files", ["--set", "data.name=mnist", "--set", "data.root={tmp}/nowhere"], None,
      "MNIST files not found", True),
     ("labels out of range", ["--set", "data.name=npz", "--set", "data.root={npz}"], _labels_out_of_range,
      "labels must lie in [0, 9]", True),
     ("NaN in inputs", ["--set", "data.name=npz", "--set", "data.root={npz}"], _nan_inputs, "NaN", True),
-    ("model with the wrong output width", ["--set", "ensemble.model.name=seven_outputs"], None,
-     "7", True),
+    ("object arrays in the npz", ["--set", "data.name=npz", "--set", "data.root={npz}"], _object_arrays,
+     "x_train is an object array", True),
+    ("model with the wrong output width", ["--set", "ensemble.model.name=seven_outputs"], None, "7", True),
     ("infeasible GPU request", ["--set", "ensemble.resources.num_gpus=1"], None, "num_gpus=1", True),
     ("diverging training", ["--set", "ensemble.train.optimizer.lr=1e30"], None, "training loss became", True),
     ("bad specialist group", ["--set", "specialists.enabled=true", "--set", "specialists.groups=[[0, 12]]"], None,
@@ -116,30 +146,38 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, finished, tmp_path, capsys, monkeypatch):
-    name, extra, damage, expected, marks_failed = case
-    monkeypatch.setitem(MODELS, "seven_outputs", _seven_outputs)
-    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+def _prepare(damage, extra: list[str], finished: Path, tmp: Path, out: Path) -> list[str]:
     npz = ""
     if damage is not None and "{npz}" in " ".join(extra):
-        npz = _npz(tmp_path, damage)
+        npz = _npz(tmp, damage)
     elif damage is not None:
         shutil.copytree(finished, out)
         damage(out)
+    file = _a_file(tmp) if "{file}" in " ".join(extra) else ""
+    return [a.format(tmp=tmp, npz=npz, port=free_port(), file=file) for a in extra]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_within_30_s_and_loses_nothing(case, finished, tmp_path):
+    name, extra, damage, expected, marks_failed = case
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    args = _prepare(damage, extra, finished, tmp_path, out)
     before = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
-    args = [a.format(tmp=tmp_path, npz=npz) for a in extra]
     command = "specialists" if "specialists.enabled=true" in args else "ensemble"
     config = [args.pop(0)] if args and args[0].endswith(".yaml") else []
-    capsys.readouterr()
+    # The case's own --output-dir / --tracking-uri come last, so they win over the defaults.
+    cli_args = [command, *config, "--output-dir", str(out), "--tracking-uri", uri, *BASE, *args]
 
-    code = main([command, *config, "--output-dir", str(out), "--tracking-uri", uri, *BASE, *args])
+    done, seconds = run_distill(cli_args, CASE_SECONDS,
+                                code=SEVEN_OUTPUTS if "seven_outputs" in " ".join(args) else None)
 
-    err = capsys.readouterr().err.strip().splitlines()
+    code, stderr = done.returncode, done.stderr
+    err = stderr.strip().splitlines()
     assert code == 2, f"{name}: exit {code}, stderr {err}"
     assert len(err) == 1 and err[0].startswith("error: "), f"{name}: {err}"
     assert expected in err[0], f"{name}: {err[0]!r} does not mention {expected!r}"
-    assert "Traceback" not in err[0]
+    assert "Traceback" not in stderr
+    assert seconds < CASE_SECONDS
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("distill")
@@ -148,9 +186,10 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, finished, tmp_path
     if marks_failed:
         assert [r.info.status for r in parents] == ["FAILED"], name
     else:
-        assert parents == [], f"{name}: a config error is reported before any run starts"
+        assert parents == [], f"{name}: an error in the config or the output folder is reported before any run"
     lost = [str(p.relative_to(out)) for p in before if not p.exists()]
     assert not lost, f"{name}: the failed run deleted {lost}"
+
 
 def test_debug_shows_the_traceback(capsys):
     assert main(["config", "show", "--set", "ensemble.members=0", "--debug"]) == 2
