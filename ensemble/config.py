@@ -59,9 +59,12 @@ class OptimizerConfig(Section):
 
 
 class SchedulerConfig(Section):
-    name: Literal["none", "cosine", "step"] = "cosine"
+    name: Literal["none", "cosine", "step", "onecycle"] = "cosine"
     step_size: int = Field(10, gt=0, description="epochs between decays (step)")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step)")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="share of the steps spent warming up (onecycle)")
+    div_factor: float = Field(25.0, ge=1, description="initial lr = optimizer.lr / div_factor (onecycle)")
+    final_div_factor: float = Field(1e4, ge=1, description="final lr = initial lr / final_div_factor (onecycle)")
 
 
 class TrainConfig(Section):

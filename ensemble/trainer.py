@@ -86,8 +86,13 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig):
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int = 1):
+    """An epoch-wise schedule, or ``onecycle`` (Smith & Topor, 2019), which steps after every batch."""
     sched = train.scheduler
+    if sched.name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=train.optimizer.lr, total_steps=max(1, train.epochs * steps_per_epoch),
+            pct_start=sched.pct_start, div_factor=sched.div_factor, final_div_factor=sched.final_div_factor)
     if sched.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
     if sched.name == "step":
@@ -150,6 +155,13 @@ class Trainer:
             self.spec.name, self.spec.role, state, logits, summary["history"], summary["metrics"], reused=True
         )
 
+    def _steps_per_epoch(self) -> int:
+        n_train = len(self.data["train"]) if "train" in self.data else 0
+        if self.spec.sampler is not None:
+            # The sampler decides how many examples an epoch visits; a throwaway generator leaves the run's alone.
+            n_train = len(self.spec.sampler.epoch_order(n_train, torch.Generator().manual_seed(0)))
+        return math.ceil(n_train / self.spec.train.batch_size)
+
     def _labels(self, split: str) -> torch.Tensor:
         y = self.data[split].y
         return y if self.spec.target_map is None else self.spec.target_map[y]
@@ -164,7 +176,8 @@ class Trainer:
         torch.manual_seed(spec.seed)
         model = spec.model_factory().to(self.device)
         optimizer = make_optimizer(model, train_cfg)
-        scheduler = make_scheduler(optimizer, train_cfg)
+        scheduler = make_scheduler(optimizer, train_cfg, self._steps_per_epoch())
+        per_batch_schedule = train_cfg.scheduler.name == "onecycle"
         generator = torch.Generator().manual_seed(spec.seed)
         objective = spec.objective.to(self.device)
         constraints = [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))]
@@ -222,12 +235,14 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if per_batch_schedule:
+                    scheduler.step()
                 for constrain in constraints:
                     constrain()
                 for name, value in terms.items():
                     term_sums[name] = term_sums.get(name, 0) + value.detach() * len(idx)
             lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
+            if scheduler is not None and not per_batch_schedule:
                 scheduler.step()
             train_seconds = time.perf_counter() - started
             terms_mean = {name: float(total) / len(order) for name, total in term_sums.items()}

@@ -110,3 +110,30 @@ def test_early_stopping_keeps_the_best_validation_weights(digits, tmp_path):
     assert result.metrics["epochs_trained"] < 30
     best = max(r["val_accuracy"] for r in result.history)
     assert result.metrics["val_accuracy"] == pytest.approx(best)
+
+
+def test_onecycle_steps_after_every_batch_with_the_hand_computed_rates(digits, tmp_path):
+    import math
+
+    from ensemble.config import SchedulerConfig
+    from ensemble.data import Split
+
+    # 320 examples at batch 64: 5 steps an epoch, 10 in all; warm-up ends at step 0.3 * 10 - 1 = 2.
+    splits = {"train": Split(digits.train.x[:320], digits.train.y[:320]), "val": digits.val}
+    train = quick_train(2).model_copy(update={"scheduler": SchedulerConfig(name="onecycle", pct_start=0.3)})
+    train.optimizer.lr = 0.1
+    spec = TrainSpec("m", "member", small_mlp_factory(digits.input_shape, digits.num_classes), train, seed=1)
+    records = []
+    Trainer(spec, splits, tmp_path, spec.fingerprint("x")).fit(records.append)
+
+    lowest = 0.1 / 25 / 1e4  # max_lr / div_factor / final_div_factor
+
+    def down(step):  # cosine from 0.1 at step 2 to `lowest` at step 9
+        return lowest + (0.1 - lowest) / 2 * (1 + math.cos(math.pi * (step - 2) / (9 - 2)))
+
+    # A record's lr is the rate after the epoch's last batch: after 5 steps, 0.1 / 2 * (1 + cos(3 pi / 7)) = 0.0611.
+    # Stepping once an epoch would leave it at step 1 of the warm-up, 0.004 + 0.096 * (1 - cos(pi / 2)) / 2 = 0.052.
+    assert records[0]["lr"] == pytest.approx(down(5), rel=1e-6)
+    assert records[0]["lr"] == pytest.approx(0.0611, abs=1e-4)
+    state = CheckpointDir(tmp_path / "checkpoints").latest()
+    assert state["scheduler"]["last_epoch"] == 10
