@@ -76,6 +76,8 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(
         None, gt=0, description="stop after this many epochs without a better validation accuracy"
     )
+    select: Literal["best", "last"] = Field(
+        "best", description="keep the weights of the epoch with the best validation accuracy, or of the last epoch")
 
 
 class ResourcesConfig(Section):

@@ -253,7 +253,7 @@ class Trainer:
                     "lower the learning rate (train.optimizer.lr) or check the inputs"
                 )
             val_accuracy = accuracy(predict_logits(model, x_val, train_cfg.eval_batch_size, self.device), y_val)
-            if val_accuracy > best["val_accuracy"] or not spec.keep_best:
+            if val_accuracy > best["val_accuracy"] or not spec.keep_best or train_cfg.select == "last":
                 best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "state": _cpu_state(model)}
                 epochs_since_best = 0
             else:

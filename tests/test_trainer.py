@@ -137,3 +137,16 @@ def test_onecycle_steps_after_every_batch_with_the_hand_computed_rates(digits, t
     assert records[0]["lr"] == pytest.approx(0.0611, abs=1e-4)
     state = CheckpointDir(tmp_path / "checkpoints").latest()
     assert state["scheduler"]["last_epoch"] == 10
+
+
+def test_select_last_keeps_the_last_epoch_not_the_best_one(digits, tmp_path):
+    # lr 2 makes validation accuracy fall after the first epochs, so best and last differ.
+    best = _trainer(_spec(digits, epochs=4, optimizer={"lr": 2.0}), digits, tmp_path / "best").fit()
+    assert best.metrics["best_epoch"] < 4, "the case needs a run whose best epoch is not its last"
+    spec = _spec(digits, epochs=4, optimizer={"lr": 2.0}, select="last")
+    last = _trainer(spec, digits, tmp_path / "last").fit()
+    assert last.metrics["best_epoch"] == 4
+    final_checkpoint = CheckpointDir(tmp_path / "last" / "checkpoints").latest()
+    assert final_checkpoint["epoch"] == 4
+    for name, tensor in final_checkpoint["model"].items():
+        assert torch.equal(last.state_dict[name], tensor)
