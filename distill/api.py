@@ -102,8 +102,9 @@ class Distiller:
             return OnlineTeacher(kind, t.generalist, specialists=t.specialists_, groups=t.groups, top_n=t.top_n)
         return OnlineTeacher(kind, t.eval())
 
-    def teacher_cache(self, train: Split) -> TeacherCache:
-        """Targets for every training example, row i = example i: the teacher's own cache when it has one."""
+    def teacher_cache(self, train: Split, val: Split | None = None) -> TeacherCache:
+        """Targets for every training example, row i = example i: the teacher's own cache when it has one.
+        With ``val`` (for ``train.final_fit``), validation example j follows as row ``len(train) + j``."""
         split_fingerprint = train.fingerprint()
         kind = self._kind()
         cached = kind == "ensemble" and self.teacher.split_fingerprints_.get("train") == split_fingerprint
@@ -112,12 +113,15 @@ class Distiller:
             raise DataError(f"teacher cache: made for another dataset or split (fingerprint {have}, the transfer "
                             f"data has {split_fingerprint}); pass use_cache=None to run the teacher instead")
         if cached and self.use_cache is not False:
-            members = torch.stack(list(self.teacher.cached_logits("train").values())[: len(self.teacher.members_)])
+            parts = ["train"] + (["val"] if val is not None else [])
+            logits = [list(self.teacher.cached_logits(p).values())[: len(self.teacher.members_)] for p in parts]
+            members = torch.cat([torch.stack(split_logits) for split_logits in logits], dim=1)
             outputs = teacher_outputs("ensemble", {"members": members}, self.temperature, self.mean)
         else:
             teacher, chunks = self.online_teacher(), []
-            for start in range(0, len(train), 4096):
-                chunks.append(teacher(train.x[start : start + 4096], self.temperature))
+            x = train.x if val is None else torch.cat([train.x, val.x])
+            for start in range(0, len(x), 4096):
+                chunks.append(teacher(x[start : start + 4096], self.temperature))
             outputs = type(chunks[0])(torch.cat([c.probs for c in chunks]), torch.cat([c.logits for c in chunks]))
         return TeacherCache(outputs, split_fingerprint)
 
@@ -141,12 +145,13 @@ class Distiller:
             objective = DistillationObjective(self.loss, self.temperature, self.alpha, teacher=online,
                                               teacher_id=f"{teacher_id}:{state_fingerprint(online.state_dict())}")
         else:
-            cache = self.teacher_cache(splits["train"])
+            cache = self.teacher_cache(splits["train"], splits["val"] if self.train_config.final_fit else None)
             objective = DistillationObjective(self.loss, self.temperature, self.alpha, cache=cache.outputs,
                                               teacher_id=f"{teacher_id}:{fingerprint(cache.outputs.probs.tolist()[:50])}")
-        self.transfer_indices_ = transfer_indices(splits["train"].y, self.fraction, self.omit_classes,
-                                                  self.only_classes, self.seed)
-        sampler = SubsetSampler(self.transfer_indices_)
+        rule = {"fraction": self.fraction, "omit_classes": self.omit_classes, "only_classes": self.only_classes,
+                "seed": self.seed}
+        self.transfer_indices_ = transfer_indices(splits["train"].y, **rule)
+        sampler = SubsetSampler(self.transfer_indices_, rule)
         data_fingerprint = fingerprint({name: s.fingerprint() for name, s in splits.items()})
         if self.method == "adversarial":
             objective = AdversarialObjective(num_classes, **self.adversarial, teacher_id=objective.teacher_id,
@@ -186,7 +191,7 @@ class Distiller:
         factory = hint_student_factory(self.student_factory, teacher, cfg["hint_layer"], cfg["guided_layer"],
                                        tuple(splits["train"].x.shape[1:]), cfg.get("kernel_size", 3))
         train = self.train_config.model_copy(update={"epochs": cfg.get("epochs", 5),
-                                                     "early_stopping_patience": None})
+                                                     "early_stopping_patience": None, "final_fit": False})
         objective = HintObjective(teacher, cfg["hint_layer"], cfg["guided_layer"],
                                   f"{teacher_id}:{state_fingerprint(teacher.state_dict())}")
         spec = TrainSpec("student_hint", "student_hint", factory, train, self.seed, self.jitter, objective=objective,

@@ -42,10 +42,26 @@ def left_out_classes(num_classes: int, omit_classes: list[int] = (), only_classe
 
 
 class SubsetSampler:
-    """Each epoch visits the transfer set's indices in a fresh random order; the data is never copied."""
+    """Each epoch visits the transfer set's indices in a fresh random order; the data is never copied.
 
-    def __init__(self, indices: torch.Tensor):
+    ``rule`` (the keyword arguments of :func:`transfer_indices`) lets it extend itself to the validation rows for
+    ``train.final_fit``.
+    """
+
+    def __init__(self, indices: torch.Tensor, rule: dict | None = None):
         self.indices = indices
+        self.rule = rule
+
+    def for_final_fit(self, labels: torch.Tensor, n_train: int) -> "SubsetSampler":
+        """The training indices plus the validation rows (``n_train + j``) that the same rule keeps."""
+        if self.rule is None:
+            raise ConfigError("train.final_fit: this transfer subset was given as bare indices; pass its rule "
+                              "(fraction, omit_classes, only_classes, seed) to extend it to the validation rows")
+        try:
+            extra = transfer_indices(labels[n_train:], **self.rule) + n_train
+        except ConfigError:  # no validation example passes the rule: the training rows alone
+            extra = torch.empty(0, dtype=self.indices.dtype)
+        return SubsetSampler(torch.cat([self.indices, extra]))
 
     def epoch_order(self, num_examples: int, generator: torch.Generator) -> torch.Tensor:
         return self.indices[torch.randperm(len(self.indices), generator=generator)]

@@ -78,6 +78,8 @@ class TrainConfig(Section):
     )
     select: Literal["best", "last"] = Field(
         "best", description="keep the weights of the epoch with the best validation accuracy, or of the last epoch")
+    final_fit: bool = Field(
+        False, description="then retrain on train + validation for the chosen epoch count (ensemble.final_fit)")
 
 
 class ResourcesConfig(Section):

@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from .data import Split
+from .final_fit import cut_to_train, final_data_fingerprint, final_spec, train_and_val
 from .models import check_output_width
 from .runner import Resources, TrainJob, check_feasible, connect_ray, train_many
 from .tracking import Tracker
@@ -50,7 +51,25 @@ class Fitted:
 
 def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint: str, num_classes: int,
               options: FitOptions) -> Fitted:
-    """Check every model, train them concurrently on Ray, log each to its own nested MLflow run."""
+    """Check every model, train them concurrently on Ray, log each to its own nested MLflow run; then retrain those
+    with ``train.final_fit`` on train + validation (:mod:`ensemble.final_fit`)."""
+    fitted = _fit_once(specs, splits, data_fingerprint, num_classes, options)
+    chosen = [i for i, spec in enumerate(specs) if spec.train.final_fit]
+    if not chosen:
+        return fitted
+    merged = train_and_val(splits)
+    n_train = len(splits["train"])
+    finals = [final_spec(specs[i], fitted.results[i], specs[i].fingerprint(data_fingerprint), merged["train"].y,
+                         n_train) for i in chosen]
+    refit = _fit_once(finals, merged, final_data_fingerprint(merged), num_classes, options)
+    for i, result, model in zip(chosen, refit.results, refit.models):
+        fitted.results[i], fitted.models[i] = cut_to_train(result, n_train), model
+    # The final models' runs stand for the models; phase 1's runs stay in MLflow as the selection runs.
+    return Fitted(fitted.results, fitted.models, {**fitted.run_ids, **refit.run_ids})
+
+
+def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint: str, num_classes: int,
+              options: FitOptions) -> Fitted:
     input_shape = tuple(splits["train"].x.shape[1:])
     for spec in specs:
         width = num_classes if spec.target_map is None else int(spec.target_map.max()) + 1

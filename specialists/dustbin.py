@@ -54,6 +54,10 @@ class GroupSampler:
         both = torch.cat([self.inside, rest])
         return both[torch.randperm(len(both), generator=generator)]
 
+    def for_final_fit(self, labels: torch.Tensor, n_train: int) -> "GroupSampler":
+        """The same group over train + validation labels (``ensemble.final_fit``)."""
+        return GroupSampler(labels, self.group)
+
     def __repr__(self) -> str:
         return f"GroupSampler(group={self.group}, inside={len(self.inside)}, outside={len(self.outside)})"
 
