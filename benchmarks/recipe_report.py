@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 
 from recipe_ablation import BRANCHES, OUT, STEPS
 
