@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from distill.export import measure_latency
 from distill.objective import DistillationObjective
 from distill.teachers import OnlineTeacher
 from ensemble.config import TrainConfig
-from ensemble.models import build_model, count_parameters
+from ensemble.models import RegisteredModel, build_model, count_parameters
 from ensemble.objectives import CrossEntropy
 from ensemble.trainer import Trainer, TrainSpec
 
@@ -42,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = mnist(args.train_limit)
-    student = partial(build_model, "mlp", data.input_shape, 10, {"hidden": [800, 800]})
+    student = RegisteredModel("mlp", data.input_shape, 10, {"hidden": [800, 800]})
     torch.manual_seed(0)
     members = [build_model("mlp", data.input_shape, 10, {"hidden": [1200, 1200]}).eval() for _ in range(args.members)]
     teacher = OnlineTeacher("ensemble", members=members)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import ray
 
 from common import mnist, report
 from ensemble.config import TrainConfig
-from ensemble.models import build_model
+from ensemble.models import RegisteredModel
 from ensemble.runner import Resources, TrainJob, train_many
 from ensemble.trainer import TrainSpec
 
@@ -27,7 +26,7 @@ from ensemble.trainer import TrainSpec
 def run_case(workers: int, members: int, data, train: TrainConfig) -> dict:
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        factory = partial(build_model, "mlp", data.input_shape, 10, {"hidden": [1200, 1200]})
+        factory = RegisteredModel("mlp", data.input_shape, 10, {"hidden": [1200, 1200]})
         splits = {"train": data.train, "val": data.val}
         with tempfile.TemporaryDirectory() as root:
             jobs = [TrainJob(TrainSpec(f"member_{i}", "member", factory, train, seed=i), Path(root) / str(i),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from common import mnist, report
 from ensemble.config import TrainConfig
-from ensemble.models import build_model
+from ensemble.models import RegisteredModel
 from ensemble.trainer import Trainer, TrainSpec
 
 
@@ -65,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = mnist()
-    factory = partial(build_model, "mlp", data.input_shape, 10, {"hidden": [1200, 1200]})
+    factory = RegisteredModel("mlp", data.input_shape, 10, {"hidden": [1200, 1200]})
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, scheduler={"name": "none"},
                         optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
     rows, bare_all, ours_all = [], [], []

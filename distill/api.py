@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ensemble.api import Ensemble, as_train_config
-from ensemble.checkpoint import state_fingerprint
+from ensemble.checkpoint import state_fingerprint, tensor_fingerprint
 from ensemble.config import TrainConfig, fingerprint
 from ensemble.data import Split, check_split, materialize
 from ensemble.errors import DataError
@@ -23,12 +23,19 @@ from specialists.dustbin import find_head
 from .adversarial import AdversarialObjective
 from .export import export_torchscript
 from .hints import HintObjective, hint_student_factory, load_guided_student
+from .losses import TeacherOutputs
 from .objective import DistillationObjective
 from .teachers import OnlineTeacher, TeacherCache, teacher_outputs
 from .transfer import SubsetSampler, choose_bias_shift, left_out_classes, shifted, transfer_indices
 
 
 METHODS = ("kd", "fitnets", "adversarial")
+
+
+def cached_teacher_id(kind: str, outputs: TeacherOutputs) -> str:
+    """A cached teacher is named by every row of its targets, so a teacher that changed anywhere (not only in its
+    first rows) never reuses a student distilled from the old one."""
+    return f"{kind}:{tensor_fingerprint(outputs.probs)}"
 
 
 class Distiller:
@@ -147,7 +154,7 @@ class Distiller:
         else:
             cache = self.teacher_cache(splits["train"], splits["val"] if self.train_config.final_fit else None)
             objective = DistillationObjective(self.loss, self.temperature, self.alpha, cache=cache.outputs,
-                                              teacher_id=f"{teacher_id}:{fingerprint(cache.outputs.probs.tolist()[:50])}")
+                                              teacher_id=cached_teacher_id(teacher_id, cache.outputs))
         rule = {"fraction": self.fraction, "omit_classes": self.omit_classes, "only_classes": self.only_classes,
                 "seed": self.seed}
         self.transfer_indices_ = transfer_indices(splits["train"].y, **rule)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ensemble.errors import ConfigError
+from ensemble.models import factory_identity
 from ensemble.objectives import Objective
 
 
@@ -91,6 +92,11 @@ class _HintFactory:
     def __init__(self, student_factory, guided_shape, hint_shape, kernel_size):
         self.student_factory, self.kernel_size = student_factory, kernel_size
         self.guided_shape, self.hint_shape = guided_shape, hint_shape
+
+    def identity(self) -> dict:
+        # The wrapped student's own identity (a registered model's params) would otherwise be lost in this wrapper.
+        return {"hint_student": factory_identity(self.student_factory), "kernel_size": self.kernel_size,
+                "guided_shape": list(self.guided_shape), "hint_shape": list(self.hint_shape)}
 
     def __call__(self) -> HintStudent:
         regressor = build_regressor(torch.empty(self.guided_shape), torch.empty(self.hint_shape), self.kernel_size)

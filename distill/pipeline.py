@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ensemble.checkpoint import make_output_dir, write_json
+from ensemble.lock import FolderLock
 from ensemble.stage import load_data, run_ensemble_stage
 from ensemble.tracking import Tracker, redact
 from specialists.stage import check_section, run_specialist_stage
@@ -14,6 +15,7 @@ from .config import Config, config_hash, dump_config
 from .report import print_ensemble_summary, print_specialists_summary, print_summary, summary_rows, write_report
 
 STAGES = ("ensemble", "specialists", "student")
+COMMANDS = {"ensemble": "ensemble", "specialists": "specialists", "student": "run"}  # the CLI command of each
 
 
 def update_results(path: Path, sections: dict, merge: bool = True) -> dict:
@@ -26,9 +28,14 @@ def update_results(path: Path, sections: dict, merge: bool = True) -> dict:
 
 def run(config: Config, until: str = "student", show_progress: bool = True) -> dict:
     """Run the stages up to ``until``; each reuses what earlier invocations finished on disk."""
+    output_dir = make_output_dir(Path(config.output_dir))
+    # Taken before any MLflow run or file: a second invocation on this folder is refused and leaves no trace.
+    with FolderLock(output_dir, f"distill {COMMANDS[until]}"):
+        return _run(config, until, show_progress, output_dir)
+
+
+def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> dict:
     stages = STAGES[: STAGES.index(until) + 1]
-    output_dir = Path(config.output_dir)
-    make_output_dir(output_dir)
     (output_dir / "config.yaml").write_text(dump_config(config))
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tags = {"stage": until, "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from ensemble.api import Ensemble
 from ensemble.data import DatasetSplits
 from ensemble.errors import ConfigError
-from ensemble.models import build_model, count_parameters
+from ensemble.models import RegisteredModel, count_parameters
 from ensemble.stage import fit_options
 from ensemble.tracking import Tracker
 from ensemble.trainer import learning_curves
@@ -42,7 +41,7 @@ def build_distiller(config: Config, data: DatasetSplits, teacher, output_dir: Pa
     options = fit_options(config, section.resources, output_dir / "student", tracker, parent_run_id, show_progress)
     return Distiller(
         teacher,
-        partial(build_model, model.name, data.input_shape, data.num_classes, model.params),
+        RegisteredModel.from_config(model, data.input_shape, data.num_classes),
         temperature=section.temperature,
         alpha=section.alpha,
         loss=section.loss,

@@ -18,9 +18,10 @@ from pathlib import Path
 import yaml
 
 from ensemble.checkpoint import make_output_dir
+from ensemble.cluster import connect_ray
 from ensemble.config import apply_overrides, validate_config
 from ensemble.errors import ConfigError, DistillError
-from ensemble.cluster import connect_ray
+from ensemble.lock import FolderLock
 from ensemble.stage import load_data, run_ensemble_stage
 from ensemble.tracking import Tracker, redact
 
@@ -108,16 +109,21 @@ def _portable(teacher):
 
 
 def run_sweep(config: Config, show_progress: bool = True) -> dict:
+    trials = check_grid(config)
+    # MLflow is the record; Tune's own TensorBoard/CSV/JSON loggers would only duplicate it.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    output_dir = make_output_dir(Path(config.output_dir))
+    # Before any MLflow run or file, as in ``distill run``; the trials lock their own model folders inside it.
+    with FolderLock(output_dir, "distill sweep"):
+        return _sweep(config, trials, output_dir, show_progress)
+
+
+def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: bool) -> dict:
     from ray import tune
 
     from .pipeline import update_results
     from .sweep_report import plot_sweep, print_sweep, sweep_rows
 
-    trials = check_grid(config)
-    # MLflow is the record; Tune's own TensorBoard/CSV/JSON loggers would only duplicate it.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    output_dir = Path(config.output_dir)
-    make_output_dir(output_dir)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tags = {"stage": "sweep", "config_hash": config_hash(config), "output_dir": str(output_dir.resolve()),
             "trials": len(trials)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ensemble.checkpoint import tensor_fingerprint
 from ensemble.errors import ConfigError
 
 
@@ -65,6 +66,10 @@ class SubsetSampler:
 
     def epoch_order(self, num_examples: int, generator: torch.Generator) -> torch.Tensor:
         return self.indices[torch.randperm(len(self.indices), generator=generator)]
+
+    def identity(self) -> dict:
+        """All the indices name it (the repr shows only a few)."""
+        return {"sampler": "subset", "indices": tensor_fingerprint(self.indices)}
 
     def __repr__(self) -> str:
         return f"SubsetSampler(n={len(self.indices)}, first={self.indices[:3].tolist()})"

@@ -84,7 +84,8 @@ def make_output_dir(path: str | Path, key: str = "output_dir") -> Path:
     except FileExistsError:
         raise ConfigError(f"{key}: {path} exists and is not a folder; choose another --output-dir") from None
     except OSError as err:
-        raise ConfigError(f"{key}: cannot create the folder {path} ({err.strerror}); choose another --output-dir") from None
+        raise ConfigError(f"{key}: cannot create the folder {path} ({err.strerror}); "
+                          "choose another --output-dir") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}: the folder {path} is not writable; choose another --output-dir")
     return path
@@ -96,10 +97,27 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor of any dtype (numpy has no bfloat16, so they are read as uint8)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.element_size() else b""
+
+
 def state_fingerprint(state: dict) -> str:
     """A short hash of a state dict's names and values (e.g. the weights a specialist starts from)."""
     digest = hashlib.blake2b(digest_size=8)
     for name, tensor in sorted(state.items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if isinstance(tensor, torch.Tensor) and not torch.nn.parameter.is_lazy(tensor):
+            digest.update(_tensor_bytes(tensor))
+        else:  # a module's extra state, or a lazy parameter not yet shaped
+            digest.update(repr(tensor).encode())
+    return digest.hexdigest()
+
+
+def tensor_fingerprint(tensor: torch.Tensor) -> str:
+    """A short hash of a whole tensor: its dtype, shape and every value (never a prefix or a size)."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(_tensor_bytes(tensor))
     return digest.hexdigest()

@@ -42,6 +42,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "mlp"
     params: dict[str, Any] = Field(default_factory=dict)
+    version: int | str | None = Field(None, description="bump to retrain when the model's code changed unseen")
 
     @model_validator(mode="after")
     def _known_model(self) -> "ModelConfig":

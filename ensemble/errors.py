@@ -27,3 +27,7 @@ class CheckpointError(DistillError):
 
 class TrainingDiverged(DistillError):
     pass
+
+
+class FolderInUse(DistillError):
+    """Another live process holds the folder's lock (:mod:`ensemble.lock`)."""

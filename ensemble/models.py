@@ -6,13 +6,16 @@ the trainer calls it after every optimiser step (used for max-norm weight constr
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .checkpoint import state_fingerprint
 from .errors import ConfigError, ModelError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -46,6 +49,74 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, param
         raise ConfigError(f"model {name!r}: {err}") from None
 
 
+def resolved_params(name: str, params: dict) -> dict:
+    """Every parameter the registered factory receives, defaults included: a changed default is a changed model."""
+    try:
+        bound = inspect.signature(MODELS[name]).bind(None, None, **params)
+    except (KeyError, TypeError):  # unknown name or parameter: build_model reports it
+        return dict(params)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k not in ("input_shape", "num_classes")}
+
+
+@dataclass
+class RegisteredModel:
+    """A picklable factory for a registry model; ``identity()`` names everything that builds it.
+
+    Bump ``version`` when the registered code changes in a way its parameters do not show.
+    """
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    params: dict = field(default_factory=dict)
+    version: int | str | None = None
+
+    @classmethod
+    def from_config(cls, config, input_shape, num_classes: int) -> RegisteredModel:
+        """From a :class:`ensemble.config.ModelConfig` (name, params, version)."""
+        return cls(config.name, tuple(input_shape), num_classes, dict(config.params), getattr(config, "version", None))
+
+    def __call__(self) -> nn.Module:
+        return build_model(self.name, self.input_shape, self.num_classes, self.params)
+
+    def identity(self) -> dict:
+        return {"registered": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "params": resolved_params(self.name, self.params), "version": self.version}
+
+
+def factory_identity(factory: Any) -> Any:
+    """A factory's own ``identity()``, or those of the factories a ``functools.partial`` wraps (a specialist's
+    generalist, a guided student's student); None when it has none."""
+    if isinstance(factory, nn.Module):  # a module argument is named by its weights, not by an attribute
+        return None
+    identity = getattr(factory, "identity", None)
+    if callable(identity):
+        return identity()
+    if isinstance(factory, functools.partial):
+        inner = [factory_identity(a) for a in (factory.func, *factory.args, *factory.keywords.values()) if callable(a)]
+        inner = [i for i in inner if i is not None]
+        return {"wraps": inner} if inner else None
+    return None
+
+
+def model_identity(factory: Callable[[], nn.Module], seed: int) -> dict:
+    """Everything that defines the model a factory builds: its repr, its factory's identity and ``version``, and its
+    initial weights built under ``seed`` as :meth:`ensemble.trainer.Trainer.fit` does, which catch what neither
+    shows (a custom init, a changed default). The global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed would also reseed (and so change) any CUDA generator.
+        torch.random.default_generator.manual_seed(seed)
+        model = factory()
+    return {"repr": repr(model), "weights": state_fingerprint(model.state_dict()),
+            "factory": factory_identity(factory), "version": _version(factory)}
+
+
+def _version(factory: Any) -> Any:
+    version = getattr(factory, "version", None)
+    return None if callable(version) else version  # a method called version is not a version number
+
+
 def check_output_width(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, where: str) -> None:
     """Fail before training if the model does not map one input to ``num_classes`` logits."""
     was_training = model.training
@@ -74,6 +145,9 @@ class MaxNormLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, max_norm: float | None = None):
         super().__init__(in_features, out_features)
         self.max_norm = max_norm
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, max_norm={self.max_norm}"
 
     @torch.no_grad()
     def constrain(self) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from .api import Ensemble
 from .config import ResourcesConfig, StageConfig
 from .data import DatasetSplits, load_dataset
-from .models import build_model
+from .models import RegisteredModel
 from .soft_targets import ensemble_probs
 from .tracking import Tracker
 from .trainer import learning_curves
@@ -42,10 +41,10 @@ def run_ensemble_stage(
     shape, classes = data.input_shape, data.num_classes
     member_model, generalist_model = config.ensemble.model, config.generalist_model()
     ensemble = Ensemble(
-        partial(build_model, member_model.name, shape, classes, member_model.params),
+        RegisteredModel.from_config(member_model, shape, classes),
         n_members=config.ensemble.members,
         generalist=(
-            partial(build_model, generalist_model.name, shape, classes, generalist_model.params)
+            RegisteredModel.from_config(generalist_model, shape, classes)
             if config.generalist.enabled
             else None
         ),

@@ -21,13 +21,26 @@ from .checkpoint import CheckpointDir, load_verified, save_verified, write_json
 from .config import TrainConfig, fingerprint
 from .data import Split, jitter
 from .errors import CheckpointError, TrainingDiverged
+from .lock import model_folder_lock
+from .models import model_identity
 from .objectives import CrossEntropy, Objective
 
 
 class Sampler(Protocol):
-    """Chooses which training examples an epoch visits, and in which order."""
+    """Chooses which training examples an epoch visits, and in which order.
+
+    ``identity()`` names it in the fingerprint: a JSON-able value covering all its state (e.g. a hash of its whole
+    index tensor). A sampler without one falls back to its repr.
+    """
 
     def epoch_order(self, num_examples: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def identity(self) -> dict: ...
+
+
+def sampler_identity(sampler: Sampler | None):
+    identity = getattr(sampler, "identity", None)
+    return identity() if callable(identity) else repr(sampler)
 
 
 @dataclass
@@ -50,13 +63,13 @@ class TrainSpec:
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(
             {
-                "model": repr(self.model_factory()),
+                "model": model_identity(self.model_factory, self.seed),
                 "train": self.train.model_dump(mode="json"),
                 "seed": self.seed,
                 "jitter": self.jitter,
                 "objective": self.objective.describe(),
                 "target_map": None if self.target_map is None else self.target_map.tolist(),
-                "sampler": repr(self.sampler),
+                "sampler": sampler_identity(self.sampler),
                 "data": data_fingerprint,
                 "identity": self.identity,
                 **({} if self.keep_best else {"keep_best": False}),
@@ -172,6 +185,13 @@ class Trainer:
         finished = self.load_finished()
         if finished is not None:
             return finished
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # One writer per model folder: another process (a second run, an orphaned actor) waits here or is refused.
+        with model_folder_lock(self.workdir, self.spec.name):
+            # The holder we waited for may have finished this very model.
+            return self.load_finished() or self._train(on_epoch)
+
+    def _train(self, on_epoch: Callable[[dict], None] | None) -> TrainResult:
         spec, train_cfg = self.spec, self.spec.train
         torch.manual_seed(spec.seed)
         model = spec.model_factory().to(self.device)

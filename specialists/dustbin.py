@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ensemble.checkpoint import tensor_fingerprint
 from ensemble.errors import ModelError
 
 
@@ -57,6 +58,11 @@ class GroupSampler:
     def for_final_fit(self, labels: torch.Tensor, n_train: int) -> "GroupSampler":
         """The same group over train + validation labels (``ensemble.final_fit``)."""
         return GroupSampler(labels, self.group)
+
+    def identity(self) -> dict:
+        """Which examples lie inside and outside the group name it, not just how many (the repr)."""
+        return {"sampler": "group", "group": self.group, "inside": tensor_fingerprint(self.inside),
+                "outside": tensor_fingerprint(self.outside)}
 
     def __repr__(self) -> str:
         return f"GroupSampler(group={self.group}, inside={len(self.inside)}, outside={len(self.outside)})"

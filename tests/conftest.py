@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 
 # Token authentication stays on (Ray's default); clients of a `ray start` head need this set before Ray is
@@ -58,9 +57,9 @@ def mnist_root() -> str:
 
 
 def small_mlp_factory(input_shape, num_classes, hidden=(32,)):
-    from ensemble.models import build_model
+    from ensemble.models import RegisteredModel
 
-    return partial(build_model, "mlp", tuple(input_shape), num_classes, {"hidden": list(hidden)})
+    return RegisteredModel("mlp", tuple(input_shape), num_classes, {"hidden": list(hidden)})
 
 
 def quick_train(epochs: int = 3, **overrides):
