@@ -25,13 +25,13 @@ PROBE_SECONDS = 10.0  # total wait for a cluster's GCS port to accept a connecti
 
 
 def _recorded_address() -> str | None:
-    """What ``auto`` means to Ray: the cluster the last ``ray start`` on this machine recorded, if any."""
-    from ray._private import services  # Ray's own lookup, so RAY_TMPDIR and its legacy rules apply
+    """What ``auto`` means here: the cluster the last ``ray start`` on this machine recorded (Ray's own record file,
+    so RAY_TMPDIR applies). Unlike Ray's ``auto`` this never falls back to any Ray process it finds running, which
+    may be another user's local Ray, and it logs nothing."""
+    from ray._private.utils import read_ray_address
 
-    try:
-        return services.canonicalize_bootstrap_address("auto")
-    except ConnectionError:
-        return None
+    recorded = read_ray_address()
+    return recorded or None
 
 
 def resolve_address(address: str | None) -> tuple[str | None, str]:
@@ -44,8 +44,9 @@ def resolve_address(address: str | None) -> tuple[str | None, str]:
     if address == "auto":
         recorded = _recorded_address()
         if recorded is None:
-            raise ResourceError(f"{source}: 'auto' found no running Ray cluster on this machine; start one with "
-                                "`ray start --head`, give its address, or leave ray.address unset for a local Ray")
+            raise ResourceError(f"{source}: 'auto' found no cluster recorded by `ray start` on this machine; start "
+                                "one with `ray start --head`, give its address, or leave ray.address unset for a "
+                                "local Ray")
         return recorded, f"{source}=auto"
     return address, source
 
