@@ -94,10 +94,11 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, num_gpu
     # so the CLI can still end its MLflow runs as KILLED when a job is stopped.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    # WARNING: Ray's INFO banners ("Started a local Ray instance", "Connecting to existing Ray cluster") would be
+    # more stderr lines beside a run's one-line error.
     if target is not None:
-        ray.init(address=target, log_to_driver=True)
+        ray.init(address=target, log_to_driver=True, logging_level=logging.WARNING)
     else:
-        # WARNING: Ray's INFO banner would be a second stderr line beside a run's one-line error.
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True,
                  logging_level=logging.WARNING)
     if in_main_thread and previous is not None:

@@ -8,11 +8,13 @@ nothing to mark); errors found while running mark the parent run FAILED.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -41,6 +43,14 @@ def finished(ray_cpu, tmp_path_factory) -> Path:
     assert main(["ensemble", "--output-dir", str(root / "out"), "--tracking-uri",
                  f"sqlite:///{root}/mlflow.db", *BASE]) == 0
     return root / "out"
+
+
+@pytest.fixture(scope="module")
+def joins_test_ray(finished) -> dict:
+    """The environment of a case that joins this session's Ray as a submitted job joins its cluster: each case then
+    measures the CLI, not Ray's start and stop (the local Ray path runs end to end in test_cluster.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
 
 
 def _member_dirs(out: Path) -> list[Path]:
@@ -158,7 +168,7 @@ def _prepare(damage, extra: list[str], finished: Path, tmp: Path, out: Path) -> 
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_within_30_s_and_loses_nothing(case, finished, tmp_path):
+def test_bad_input_is_one_line_exit_2_within_30_s_and_loses_nothing(case, finished, joins_test_ray, tmp_path):
     name, extra, damage, expected, marks_failed = case
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     args = _prepare(damage, extra, finished, tmp_path, out)
@@ -168,7 +178,8 @@ def test_bad_input_is_one_line_exit_2_within_30_s_and_loses_nothing(case, finish
     # The case's own --output-dir / --tracking-uri come last, so they win over the defaults.
     cli_args = [command, *config, "--output-dir", str(out), "--tracking-uri", uri, *BASE, *args]
 
-    done, seconds = run_distill(cli_args, CASE_SECONDS,
+    env = None if any(a.startswith("ray.address=") for a in args) else joins_test_ray  # RAY_ADDRESS would win
+    done, seconds = run_distill(cli_args, CASE_SECONDS, env=env,
                                 code=SEVEN_OUTPUTS if "seven_outputs" in " ".join(args) else None)
 
     code, stderr = done.returncode, done.stderr
