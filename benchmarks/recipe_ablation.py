@@ -2,7 +2,7 @@
 
 Each step is ``distill run configs/mnist_hinton.yaml`` with the overrides of every step before it plus its own, at
 the plain loop's epochs (30 teacher, 20 student), so each row's change in test errors is that step's effect. The
-last step is the recipe ``configs/mnist_hinton.yaml`` ships; it is also run with seeds 1 and 2. All runs share one
+last step (the plain loop's recipe) is also run with seeds 1 and 2. All runs share one
 output folder, so a teacher that a step does not change is trained once and reused.
 
     python benchmarks/recipe_ablation.py                    # every step, skipping those already recorded
