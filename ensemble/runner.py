@@ -137,7 +137,20 @@ def train_many(jobs: list[TrainJob], splits: dict[str, Split], show_progress: bo
     finally:
         for actor in actors.values():
             ray.kill(actor)
+        _read_outcomes(pending)
     return [results[i] for i in range(len(jobs))]
+
+
+def _read_outcomes(refs, seconds: float = 2.0) -> None:
+    """Read what the unfinished tasks ended with (their error, or their killed actor's): an error nobody reads is
+    printed by Ray at exit as an 'Unhandled error' traceback, beside the one-line message of the error that stopped
+    the run. Bounded: a task whose end has not arrived within ``seconds`` is left alone."""
+    deadline = time.monotonic() + seconds
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - the outcome is read to be discarded
+            pass
 
 
 def _unwrap(ref):
