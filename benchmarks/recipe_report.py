@@ -17,26 +17,31 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _delta(now: dict, before: dict | None, key: str) -> str:
-    return "" if before is None else f" ({now[key] - before[key]:+d})"
+def _delta(now: dict, before: dict | None, key: str, since: str = "") -> str:
+    """The change a step caused; ``since`` names the row it is measured from when rows between were not run."""
+    return "" if before is None else f" ({now[key] - before[key]:+d}{' since ' + since if since else ''})"
 
 
 def ablation_table() -> tuple[str, float]:
     lines = ["| step | what changes | teacher | baseline | distilled | gap recovered | wall min |",
              "|---|---|---|---|---|---|---|"]
-    previous, wall = None, 0.0
+    previous, previous_name, gap, wall = None, "", False, 0.0
     chain = [(name, what, None) for name, what, _ in STEPS] + [(name, what, base) for name, base, what, _ in BRANCHES]
     for name, what, base in chain:
         record = _load(f"{name}_seed0")
         if record is None:
             lines.append(f"| {name} | {what} | not run | | | | |")
+            gap = gap or base is None
             continue
         before = _load(f"{base}_seed0") if base else previous
-        cells = [f"{record[k]}{_delta(record, before, k)}" for k, _ in ROWS]
+        since = "" if base or not gap else previous_name
+        cells = [f"{record[k]}{_delta(record, before, k, since)}" for k, _ in ROWS]
         label = f"{name} (from {base})" if base else name
         lines.append(f"| {label} | {what} | {' | '.join(cells)} | {record['gap_recovered']:.0%} | "
                      f"{record['wall_seconds'] / 60:.1f} |")
-        previous, wall = (previous if base else record), wall + record["wall_seconds"]
+        if not base:
+            previous, previous_name, gap = record, name, False
+        wall += record["wall_seconds"]
     return "\n".join(lines), wall
 
 
