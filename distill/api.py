@@ -197,12 +197,13 @@ class Distiller:
         teacher = copy.deepcopy(self.hint_teacher()).eval()
         factory = hint_student_factory(self.student_factory, teacher, cfg["hint_layer"], cfg["guided_layer"],
                                        tuple(splits["train"].x.shape[1:]), cfg.get("kernel_size", 3))
-        train = self.train_config.model_copy(update={"epochs": cfg.get("epochs", 5),
+        # The last epoch's weights: the hint stage's outputs are not predictions, so validation accuracy cannot choose.
+        train = self.train_config.model_copy(update={"epochs": cfg.get("epochs", 5), "select": "last",
                                                      "early_stopping_patience": None, "final_fit": False})
         objective = HintObjective(teacher, cfg["hint_layer"], cfg["guided_layer"],
                                   f"{teacher_id}:{state_fingerprint(teacher.state_dict())}")
         spec = TrainSpec("student_hint", "student_hint", factory, train, self.seed, self.jitter, objective=objective,
-                         sampler=sampler, keep_best=False)
+                         sampler=sampler)
         fitted = fit_specs([spec], splits, data_fingerprint, num_classes, self.options)
         self.run_ids_.update(fitted.run_ids)
         self.hint_result_ = fitted.results[0]

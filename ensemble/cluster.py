@@ -15,10 +15,10 @@ import os
 import signal
 import socket
 import threading
-import time
 
 import ray
 
+from .bounded import retry_for
 from .errors import ResourceError
 
 PROBE_SECONDS = 10.0  # total wait for a cluster's GCS port to accept a connection
@@ -61,26 +61,22 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 def probe(address: str, source: str, seconds: float = PROBE_SECONDS) -> None:
     """Fail in at most ``seconds`` if nothing accepts connections at ``address`` (Ray itself would retry for
-    minutes). A refused connection is retried briefly: a head that is still starting opens its port soon."""
+    minutes); a head that is still starting opens its port soon, so a refusal is retried until then."""
     parsed = _host_port(address)
     if parsed is None:
         raise ResourceError(f"{source}: {address!r} is not a Ray address; expected host:port, 'auto' or 'local'")
-    deadline = time.monotonic() + seconds
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            with socket.create_connection(parsed, timeout=max(0.5, min(5.0, remaining))):
-                return
-        except OSError as err:
-            reason = err.strerror or type(err).__name__
-            if time.monotonic() + 1.0 >= deadline:
-                hint = (" (the cluster Ray recorded on this machine, stopped without `ray stop`?)"
-                        if source.endswith("=auto") else "")
-                raise ResourceError(
-                    f"{source}: no Ray cluster answers at {address}{hint} ({reason} after {seconds:.0f} s); start "
-                    "it, fix the address, or leave ray.address and RAY_ADDRESS unset to run on a local Ray"
-                ) from None
-            time.sleep(1.0)
+
+    def connect(timeout: float) -> None:
+        socket.create_connection(parsed, timeout=timeout).close()
+
+    err = retry_for(seconds, connect)
+    if err is not None:
+        reason = err.strerror or type(err).__name__
+        hint = " (the cluster Ray recorded on this machine, stopped without `ray stop`?)" if source.endswith(
+            "=auto") else ""
+        raise ResourceError(
+            f"{source}: no Ray cluster answers at {address}{hint} ({reason} after {seconds:.0f} s); start "
+            "it, fix the address, or leave ray.address and RAY_ADDRESS unset to run on a local Ray")
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: float | None = None) -> None:

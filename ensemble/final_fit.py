@@ -43,7 +43,7 @@ def final_spec(spec: TrainSpec, phase_one: TrainResult, phase_one_fingerprint: s
             raise ConfigError(f"{spec.name}: train.final_fit needs a sampler that extends to the validation "
                               f"examples; {type(sampler).__name__} has no for_final_fit(labels, n_train)")
         sampler = extend(merged_labels, n_train)
-    return dataclasses.replace(spec, train=train, sampler=sampler, keep_best=False,
+    return dataclasses.replace(spec, train=train, sampler=sampler,
                                identity={**spec.identity, "final_fit_of": phase_one_fingerprint},
                                tags={**spec.tags, "final_fit": True, "final_fit_epochs": epochs})
 

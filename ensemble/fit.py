@@ -47,6 +47,7 @@ class Fitted:
     results: list[TrainResult]
     models: list[nn.Module]
     run_ids: dict[str, str]
+    fingerprints: list[str] = field(default_factory=list)  # each model's folder hash, in spec order
 
 
 def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint: str, num_classes: int,
@@ -59,13 +60,13 @@ def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
         return fitted
     merged = train_and_val(splits)
     n_train = len(splits["train"])
-    finals = [final_spec(specs[i], fitted.results[i], specs[i].fingerprint(data_fingerprint), merged["train"].y,
-                         n_train) for i in chosen]
+    finals = [final_spec(specs[i], fitted.results[i], fitted.fingerprints[i], merged["train"].y, n_train)
+              for i in chosen]
     refit = _fit_once(finals, merged, final_data_fingerprint(merged), num_classes, options)
     for i, result, model in zip(chosen, refit.results, refit.models):
         fitted.results[i], fitted.models[i] = cut_to_train(result, n_train), model
     # The final models' runs stand for the models; phase 1's runs stay in MLflow as the selection runs.
-    return Fitted(fitted.results, fitted.models, {**fitted.run_ids, **refit.run_ids})
+    return Fitted(fitted.results, fitted.models, {**fitted.run_ids, **refit.run_ids}, fitted.fingerprints)
 
 
 def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint: str, num_classes: int,
@@ -98,7 +99,7 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
         model = spec.model_factory()
         model.load_state_dict(result.state_dict)
         models.append(model.eval())
-    return Fitted(results, models, run_ids)
+    return Fitted(results, models, run_ids, [job.fingerprint for job in jobs])
 
 
 def train_here(job: TrainJob, splits: dict[str, Split]) -> TrainResult:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .bounded import retry_for
 from .errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def check_server(uri: str, seconds: float = SERVER_WAIT_SECONDS) -> None:
     """For an ``http(s)://`` store, fail in at most ``seconds`` unless something answers HTTP there.
 
     Any HTTP status counts as an answer (a proxy's 401 included): only a refused, unreachable or silent address
-    is an error. A refused connection is retried briefly, since a server that is still starting refuses too.
+    is an error.
     """
     import urllib.error
     import urllib.parse
@@ -99,28 +100,26 @@ def check_server(uri: str, seconds: float = SERVER_WAIT_SECONDS) -> None:
         return
     parts = urllib.parse.urlsplit(uri)
     # urllib does not take credentials from the URL: send them as MLflow would, in a basic-auth header.
-    request = urllib.request.Request(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""),
-                                                    path=parts.path.rstrip("/") + "/health").geturl())
+    host = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(parts._replace(netloc=host, path=parts.path.rstrip("/") + "/health").geturl())
     if parts.username:
         token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-    deadline = time.monotonic() + seconds
-    while True:
-        remaining = deadline - time.monotonic()
+
+    def ask(timeout: float) -> None:
         try:
-            with urllib.request.urlopen(request, timeout=max(0.5, min(5.0, remaining))):
-                return
+            urllib.request.urlopen(request, timeout=timeout).close()
         except urllib.error.HTTPError:
-            return
-        except (OSError, ValueError) as err:
-            reason = getattr(err, "reason", None) or err
-            if time.monotonic() + 1.0 >= deadline:
-                raise DistillError(
-                    f"tracking.uri: no MLflow server answers at {redact(uri)} ({reason}, for {seconds:.0f} s); "
-                    "start one (`mlflow server --host 127.0.0.1 --port PORT`) or use a local store such as "
-                    "sqlite:///mlflow.db"
-                ) from None
-            time.sleep(1.0)
+            return  # any HTTP status is an answer
+        except ValueError as err:  # a malformed URL: reported like an unreachable one
+            raise OSError(str(err)) from None
+
+    err = retry_for(seconds, ask)
+    if err is not None:
+        reason = getattr(err, "reason", None) or err
+        raise DistillError(
+            f"tracking.uri: no MLflow server answers at {redact(uri)} ({reason}, for {seconds:.0f} s); "
+            "start one (`mlflow server --host 127.0.0.1 --port PORT`) or use a local store such as sqlite:///mlflow.db")
 
 
 class Tracker:

@@ -58,7 +58,6 @@ class TrainSpec:
     sampler: Sampler | None = None
     tags: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)  # anything else that defines the model, e.g. initial weights
-    keep_best: bool = True  # False keeps the last epoch's weights (a stage whose outputs are not yet predictions)
 
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(
@@ -72,7 +71,6 @@ class TrainSpec:
                 "sampler": sampler_identity(self.sampler),
                 "data": data_fingerprint,
                 "identity": self.identity,
-                **({} if self.keep_best else {"keep_best": False}),
             }
         )
 
@@ -273,7 +271,7 @@ class Trainer:
                     "lower the learning rate (train.optimizer.lr) or check the inputs"
                 )
             val_accuracy = accuracy(predict_logits(model, x_val, train_cfg.eval_batch_size, self.device), y_val)
-            if val_accuracy > best["val_accuracy"] or not spec.keep_best or train_cfg.select == "last":
+            if val_accuracy > best["val_accuracy"] or train_cfg.select == "last":
                 best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "state": _cpu_state(model)}
                 epochs_since_best = 0
             else:
