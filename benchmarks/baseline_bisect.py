@@ -116,7 +116,7 @@ def main() -> None:
             print(f"{name:14s} seed {seed}: {runs[-1]} errors ({time.perf_counter() - started:.0f} s)", flush=True)
         rows[name] = {"errors": runs, "mean": statistics.mean(runs),
                       "std": statistics.stdev(runs) if len(runs) > 1 else 0.0}
-    print(f"\n| variant | test errors per seed | mean ± std |\n|---|---|---|")
+    print("\n| variant | test errors per seed | mean ± std |\n|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {', '.join(map(str, row['errors']))} | {row['mean']:.1f} ± {row['std']:.1f} |")
     OUT.write_text(json.dumps({"epochs": args.epochs, "seeds": args.seeds, "variants": rows,
