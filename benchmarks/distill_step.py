@@ -18,7 +18,7 @@ import torch
 from common import mnist, report
 from distill.export import measure_latency
 from distill.objective import DistillationObjective
-from distill.teachers import OnlineTeacher
+from ensemble.teacher import EnsembleOutputs
 from ensemble.config import TrainConfig
 from ensemble.models import RegisteredModel, build_model, count_parameters
 from ensemble.objectives import CrossEntropy
@@ -44,7 +44,7 @@ def main() -> None:
     student = RegisteredModel("mlp", data.input_shape, 10, {"hidden": [800, 800]})
     torch.manual_seed(0)
     members = [build_model("mlp", data.input_shape, 10, {"hidden": [1200, 1200]}).eval() for _ in range(args.members)]
-    teacher = OnlineTeacher("ensemble", members=members)
+    teacher = EnsembleOutputs(members)
     with torch.no_grad():
         cache = teacher(data.train.x, 20.0)
     train = TrainConfig(epochs=1, batch_size=128, scheduler={"name": "none"})

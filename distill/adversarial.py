@@ -12,13 +12,18 @@ The discriminator's own loss is logged as a term without gradient, so the studen
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from ensemble.config import Section
 from ensemble.objectives import Objective
 
 from .losses import TeacherOutputs, hard_label_ce
+from .method import Method, MethodContext, MethodPlan, register_method
 
 VARIANTS = ("pretrained", "gan", "wgan")
 
@@ -153,3 +158,27 @@ class AdversarialObjective(Objective):
             self.discriminator.load_state_dict(state["discriminator"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.steps = state["steps"]
+
+
+class AdversarialConfig(Section):
+    variant: Literal["pretrained", "gan", "wgan"] = "gan"
+    alpha: float = Field(0.1, ge=0, description="weight of the adversarial term (0.1: at 1 it swamps the labels)")
+    beta: float = Field(1.0, ge=0, description="weight of the hard-label cross-entropy")
+    gamma: float = Field(1.0, gt=0, description="scale of the discriminator's loss")
+    lr: float = Field(1e-3, gt=0, description="discriminator learning rate (Adam)")
+    hidden: int = Field(64, gt=0, description="discriminator hidden units")
+    pretrain_steps: int = Field(200, ge=0, description="'pretrained': batches before the discriminator freezes")
+    gp_weight: float = Field(10.0, ge=0, description="'wgan': gradient-penalty weight (the Lipschitz constraint)")
+
+
+@register_method("adversarial")
+class Adversarial(Method):
+    """The student against a discriminator on logits, with the teacher's logits as the real examples."""
+
+    Options = AdversarialConfig
+
+    def plan(self, context: MethodContext, distillation) -> MethodPlan:
+        objective = AdversarialObjective(context.num_classes, **self.options.model_dump(),
+                                         teacher_id=distillation.teacher_id, cache=distillation.cache,
+                                         teacher=distillation.teacher)
+        return MethodPlan(objective, context.student_factory)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ensemble.errors import DistillError
 
@@ -63,9 +66,34 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# MLflow announces every schema creation and migration of a new SQLite store at INFO; on the command line that
+# buries the one line that matters (a result or an error). Quieted here, for the command only: the library
+# leaves logger levels to its caller.
+CHATTY_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
+
+
+@contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """Raise ``names`` to WARNING for the block, then give them back their own levels."""
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, saved):
+            logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    with _quiet(CHATTY_LOGGERS):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         config = _resolve(args)
         if args.command == "sweep":

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from ensemble.config import (
     ModelConfig, ResourcesConfig, Section, StageConfig, TrainConfig, dump_config, fingerprint, load_config as _load,
 )
+from ensemble.errors import ConfigError
 from specialists.config import SpecialistsConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
@@ -22,37 +23,18 @@ class TransferConfig(Section):
     only_classes: list[int] | None = Field(None, description="keep only these classes (the paper's 7s and 8s)")
 
 
-class FitNetsConfig(Section):
-    hint_layer: str = Field(..., description="teacher layer giving the hint, by module name, e.g. '3'")
-    guided_layer: str = Field(..., description="student layer it guides, by module name, e.g. '2'")
-    epochs: int = Field(5, gt=0, description="stage 1 (hint) epochs; stage 2 uses student.train")
-    kernel_size: int = Field(3, gt=0, description="regressor kernel for convolutional features (odd)")
-
-
-class AdversarialConfig(Section):
-    variant: Literal["pretrained", "gan", "wgan"] = "gan"
-    alpha: float = Field(0.1, ge=0, description="weight of the adversarial term (0.1: at 1 it swamps the labels)")
-    beta: float = Field(1.0, ge=0, description="weight of the hard-label cross-entropy")
-    gamma: float = Field(1.0, gt=0, description="scale of the discriminator's loss")
-    lr: float = Field(1e-3, gt=0, description="discriminator learning rate (Adam)")
-    hidden: int = Field(64, gt=0, description="discriminator hidden units")
-    pretrain_steps: int = Field(200, ge=0, description="'pretrained': batches before the discriminator freezes")
-    gp_weight: float = Field(10.0, ge=0, description="'wgan': gradient-penalty weight (the Lipschitz constraint)")
-
-
 class StudentConfig(Section):
     enabled: bool = True
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", params={"hidden": [32]}))
-    teacher: Literal["ensemble", "generalist", "specialists"] = "ensemble"
+    teacher: str = Field("ensemble", description="a registered teacher: ensemble, generalist, specialists, ...")
     mean: Literal["arithmetic", "geometric"] | None = Field(None, description="default: ensemble.mean")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha on the hard labels")
     loss: str = Field("kd", description="a registered loss: kd, logit_matching, ce, ...")
-    method: Literal["kd", "fitnets", "adversarial"] = Field(
-        "kd", description="kd: the loss on soft targets; fitnets: a hint stage, then the loss; adversarial: a "
-        "discriminator on logits")
-    fitnets: FitNetsConfig | None = Field(None, description="needed by method: fitnets")
-    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    method: str = Field("kd", description="a registered method: kd (the loss on soft targets), fitnets (a hint "
+                        "stage, then the loss), adversarial (a discriminator on logits), ...")
+    method_options: dict[str, dict | None] = Field(
+        default_factory=dict, description="each method's settings, written in YAML under its name: student.fitnets")
     baseline: bool = Field(True, description="also train the same student on hard labels alone")
     jitter: int = Field(0, ge=0, description="augment the student's inputs; the teacher then runs online")
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -60,10 +42,34 @@ class StudentConfig(Section):
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     registered_model: str | None = Field("distilled-student", description="MLflow model registry name")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_method_options(cls, tree):
+        """``student.<method name>: {...}`` in YAML (or ``--set``) holds that method's settings."""
+        from .method import METHODS
+
+        if isinstance(tree, dict):
+            tree = dict(tree)
+            options = dict(tree.get("method_options") or {})
+            for name in [key for key in tree if key in METHODS and key not in cls.model_fields]:
+                options[name] = tree.pop(name)
+            tree["method_options"] = options
+        return tree
+
     @model_validator(mode="after")
-    def _method_settings(self) -> "StudentConfig":
-        if self.method == "fitnets" and self.fitnets is None:
-            raise ValueError("method 'fitnets' needs student.fitnets.hint_layer and student.fitnets.guided_layer")
+    def _known_method_and_teacher(self) -> "StudentConfig":
+        from .method import build_method
+        from .teachers import TEACHERS
+
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"student.teacher: unknown teacher {self.teacher!r}; expected one of {sorted(TEACHERS)} "
+                             "(or register one with distill.register_teacher)")
+        given = {name for name, options in self.method_options.items() if options is not None}
+        for name in {self.method} | given:
+            try:
+                build_method(name, self.method_options.get(name))
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
         return self
 
     @field_validator("loss")
@@ -86,6 +92,9 @@ class SweepConfig(Section):
 class Config(StageConfig):
     """Root of the config: the ensemble stage's sections plus ``specialists``, ``student`` and ``sweep``."""
 
+    imports: list[str] = Field(default_factory=list, description="modules or .py files imported before the config "
+                               "is checked: they register models, losses, methods, teachers, datasets")
+
     specialists: SpecialistsConfig = Field(default_factory=SpecialistsConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
@@ -95,7 +104,49 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """YAML (default: the digits demo) + ``--set a.b=c`` overrides, validated; a wrong key is an error."""
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
-    return _load(Config, path, overrides)
+    return _load(Config, path, overrides, prepare=_import_plugins)
+
+
+def _import_plugins(tree: dict, path: Path | None) -> None:
+    imports = tree.get("imports") or []
+    if not isinstance(imports, list):
+        raise ConfigError(f"imports: expected a list of modules or .py files, got {imports!r}")
+    for name in imports:
+        import_plugin(str(name), path.parent if path is not None else None)
+
+
+def import_plugin(name: str, config_dir: Path | None = None):
+    """Import a module by dotted name, or a ``.py`` file (relative to the config's folder, else the working
+    folder). Its classes are pickled by value, so Ray actors on any node get them without installing the file."""
+    import importlib
+    import importlib.util
+    import sys
+
+    import cloudpickle
+
+    try:
+        if name.endswith(".py"):
+            candidates = [Path(config_dir) / name] if config_dir is not None else []
+            file = next((c for c in [*candidates, Path(name)] if c.is_file()), None)
+            if file is None:
+                raise ConfigError(f"imports: file not found: {name}")
+            module_name = f"distill_plugin_{file.stem}"
+            spec = importlib.util.spec_from_file_location(module_name, file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(name)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the plugin raises, the user gets one line naming it
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"imports: {name}: {type(err).__name__}: {first}") from None
+    from ray import cloudpickle as ray_cloudpickle
+
+    for pickler in (cloudpickle, ray_cloudpickle):  # Ray ships its own copy of cloudpickle
+        pickler.register_pickle_by_value(module)
+    return module
 
 
 def config_hash(config: Config, *sections: str) -> str:
@@ -103,4 +154,4 @@ def config_hash(config: Config, *sections: str) -> str:
     return fingerprint({name: tree[name] for name in sections} if sections else tree)
 
 
-__all__ = ["Config", "load_config", "dump_config", "config_hash", "DEFAULT_CONFIG"]
+__all__ = ["Config", "load_config", "dump_config", "config_hash", "DEFAULT_CONFIG", "import_plugin"]

@@ -95,54 +95,99 @@ def model_summary(model: nn.Module, path: str | Path | None = None) -> dict:
 
 @contextmanager
 def mlflow_uri_scope(uri: str) -> Iterator[None]:
-    """MLflow's ``log_model`` reads process-wide URIs; point them at ``uri`` and restore them, env vars too, on exit.
-
-    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` (and deletes it on reset to None).
+    """Point MLflow's process-wide tracking and registry URIs at ``uri`` for the block, for fluent calls that take
+    no URI (``mlflow.pytorch.load_model("models:/...")``); on exit they, and the ``MLFLOW_TRACKING_URI`` and
+    ``MLFLOW_REGISTRY_URI`` variables MLflow mirrors them in, are as they were. :func:`log_model` needs no scope.
     """
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     with _URI_LOCK:
-        saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-        saved_tracking = getattr(tracking_utils, "_tracking_uri", None)
-        saved_registry = getattr(registry_utils, "_registry_uri", None)
+        saved_env = {name: os.environ.get(name) for name in _URI_VARS}
+        saved_tracking, saved_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
         try:
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             yield
         finally:
-            mlflow.set_tracking_uri(saved_tracking)
-            registry_utils._registry_uri = saved_registry  # set_registry_uri(None) would keep the env var
-            for name, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            mlflow.set_tracking_uri(None)  # no process-wide URI: MLflow reads the variables again
+            mlflow.set_registry_uri(None)
+            _restore_env(saved_env)
+            # A URI set in process but no longer in its variable (the caller changed it since) is set again.
+            if mlflow.get_tracking_uri() != saved_tracking:
+                mlflow.set_tracking_uri(saved_tracking)
+            if mlflow.get_registry_uri() != saved_registry:
+                mlflow.set_registry_uri(saved_registry)
+            _restore_env(saved_env)
+
+
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def log_model(tracker: Tracker, run_id: str, model: nn.Module, example: torch.Tensor,
               registered_name: str | None = None) -> dict:
     """Log ``model`` to the existing run ``run_id`` in ``tracker``'s store; register it when a name is given.
 
-    The run is handed to MLflow by id, never made the fluent active run, so its status stays as the caller left
-    it (``start_run(run_id=...)`` + ``end_run`` would mark it FINISHED). The LoggedModel is created here, in the
-    run's experiment: MLflow 3 would put it in the fluent "current" experiment (Default, artifacts in ./mlruns).
-    Saved as ``pt2`` (``torch.export``: no pickle, no need for this package to load it) with pinned requirements
-    (inferring them re-imports the model in a subprocess). ``torch.export`` fixes a batch dimension of size 1,
-    so a single example is doubled to keep the batch dynamic.
+    Everything goes through clients bound to ``tracker.uri`` (tracking and registry): MLflow's process-wide URIs,
+    its environment variables and its fluent active run are neither read nor changed, so the run's status stays
+    as the caller left it. The LoggedModel is created in the run's experiment (its artifacts beside the store's,
+    never in ./mlruns), saved as ``pt2`` (``torch.export``: no pickle, no need for this package to load it) with
+    pinned requirements (inferring them re-imports the model in a subprocess). ``torch.export`` fixes a batch
+    dimension of size 1, so a single example is doubled to keep the batch dynamic.
     """
     import mlflow
-    import mlflow.pytorch
-    import numpy as np
-    from mlflow.models import infer_signature
 
     if int(mlflow.__version__.split(".")[0]) < 3:
         raise DistillError(f"export.log_model needs MLflow >= 3 (found {mlflow.__version__})")
+    client = mlflow.MlflowClient(tracking_uri=tracker.uri, registry_uri=tracker.uri)
     try:
-        run = tracker.client.get_run(run_id)
+        run = client.get_run(run_id)
     except Exception as err:  # noqa: BLE001 - mlflow raises its own exception type for a missing run
         raise DistillError(f"export.log_model: no run {run_id!r} in {tracker.uri} ({_first_line(err)})") from None
+    logged = client.create_logged_model(
+        run.info.experiment_id, name="model", source_run_id=run_id, params=dict(run.data.params)
+    )
+    try:
+        _link_to_run(client, run_id, logged.model_id)
+        _save_model_artifacts(client, logged, run_id, model, example)
+        client.finalize_logged_model(logged.model_id, "READY")
+    except BaseException:
+        with suppress(Exception):  # do not leave it PENDING forever, and keep the original error
+            client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    version = None if registered_name is None else _register(client, registered_name, logged, run_id, tracker.uri)
+    return {"model_uri": f"models:/{logged.model_id}", "registered_name": registered_name,
+            "registered_version": None if version is None else str(version)}
+
+
+def _link_to_run(client, run_id: str, model_id: str) -> None:
+    """The model as an output of the run, with the run's step-0 metrics (its final scores) as the model's own."""
+    from mlflow.entities import LoggedModelOutput, Metric
+
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+    metrics = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id,
+                      dataset_name=m.dataset_name, dataset_digest=m.dataset_digest)
+               for key in client.get_run(run_id).data.metrics
+               for m in client.get_metric_history(run_id, key) if m.step == 0 and m.model_id is None]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def _save_model_artifacts(client, logged, run_id: str, model: nn.Module, example: torch.Tensor) -> None:
+    """Save an eval-mode CPU copy in MLflow's pytorch format locally, then upload it as the LoggedModel's files."""
+    import tempfile
+
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.models import Model, infer_signature
+
     frozen = _frozen_cpu_copy(model)
     example = example.detach().cpu()
     if example.shape[0] == 1:
@@ -150,22 +195,35 @@ def log_model(tracker: Tracker, run_id: str, model: nn.Module, example: torch.Te
     with torch.no_grad():
         output = frozen(example)
     inputs = example.numpy()
-    logged = tracker.client.create_logged_model(
-        run.info.experiment_id, name="model", source_run_id=run_id, params=dict(run.data.params)
-    )
+    metadata = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                     model_id=logged.model_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model"
+        mlflow.pytorch.save_model(
+            frozen, str(local), mlflow_model=metadata, input_example=inputs,
+            signature=infer_signature(inputs, output.numpy()), serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+        )
+        client.log_model_artifacts(logged.model_id, str(local))
+
+
+def _register(client, name: str, logged, run_id: str, uri: str) -> str:
+    """A new version of registered model ``name`` (created on first use) from the LoggedModel ``logged``.
+
+    A registry server resolves a ``models:/<id>`` source itself (and tags the LoggedModel with the version). A local
+    store would resolve it through MLflow's process-wide tracking URI, not this client's (MLflow's own TODO in
+    ``SqlAlchemyStore.create_model_version``), so it is given what it would resolve it to: the model's artifact
+    location, as ``MlflowClient`` itself does for registries without ``models:/`` sources.
+    """
+    from urllib.parse import urlparse
+
+    from mlflow.exceptions import MlflowException
+
     try:
-        with mlflow_uri_scope(tracker.uri):
-            info = mlflow.pytorch.log_model(
-                frozen, name="model", model_id=logged.model_id,
-                run_id=run_id,  # forwarded to mlflow.models.Model.log: attach without starting the run
-                input_example=inputs, signature=infer_signature(inputs, output.numpy()), serialization_format="pt2",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
-                registered_model_name=registered_name,
-            )
-    except BaseException:
-        with suppress(Exception):  # do not leave it PENDING forever, and keep the original error
-            tracker.client.finalize_logged_model(logged.model_id, "FAILED")
-        raise
-    version = info.registered_model_version
-    return {"model_uri": info.model_uri, "registered_name": registered_name,
-            "registered_version": None if version is None else str(version)}
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    remote = urlparse(uri).scheme in ("http", "https")
+    source = f"models:/{logged.model_id}" if remote else logged.artifact_location
+    return client.create_model_version(name, source, run_id=run_id, model_id=logged.model_id).version

@@ -7,12 +7,21 @@ whole student with the usual KD loss, starting from the stage-1 weights. Layers 
 
 from __future__ import annotations
 
+import copy
+from functools import partial
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from ensemble.checkpoint import state_fingerprint
+from ensemble.config import Section
 from ensemble.errors import ConfigError
 from ensemble.models import factory_identity
 from ensemble.objectives import Objective
+from ensemble.trainer import TrainSpec
+
+from .method import Method, MethodContext, MethodPlan, register_method
 
 
 def hint_loss(hint: torch.Tensor, regressed: torch.Tensor) -> torch.Tensor:
@@ -132,3 +141,40 @@ def load_guided_student(student_factory, hint_state: dict):
     prefix = "student."
     student.load_state_dict({k[len(prefix):]: v for k, v in hint_state.items() if k.startswith(prefix)})
     return student
+
+
+class FitNetsConfig(Section):
+    hint_layer: str = Field(..., description="teacher layer giving the hint, by module name, e.g. '3'")
+    guided_layer: str = Field(..., description="student layer it guides, by module name, e.g. '2'")
+    epochs: int = Field(5, gt=0, description="stage 1 (hint) epochs; stage 2 uses student.train")
+    kernel_size: int = Field(3, gt=0, description="regressor kernel for convolutional features (odd)")
+
+
+@register_method("fitnets")
+class FitNets(Method):
+    """Stage 1 on the hint alone (the student up to its guided layer, and the regressor); stage 2 is the usual
+    distillation objective, from stage 1's weights."""
+
+    Options = FitNetsConfig
+
+    def __init__(self, options: FitNetsConfig | None = None):
+        if options is None:
+            raise ConfigError("student.fitnets: method 'fitnets' needs hint_layer and guided_layer")
+        super().__init__(options)
+
+    def plan(self, context: MethodContext, distillation) -> MethodPlan:
+        cfg = self.options
+        teacher = copy.deepcopy(context.teacher.hint_module()).eval()
+        input_shape = tuple(context.splits["train"].x.shape[1:])
+        factory = hint_student_factory(context.student_factory, teacher, cfg.hint_layer, cfg.guided_layer,
+                                       input_shape, cfg.kernel_size)
+        # The last epoch's weights: the hint stage's outputs are not predictions, so validation accuracy cannot choose.
+        train = context.train.model_copy(update={"epochs": cfg.epochs, "select": "last",
+                                                 "early_stopping_patience": None, "final_fit": False})
+        objective = HintObjective(teacher, cfg.hint_layer, cfg.guided_layer,
+                                  f"{context.teacher_id}:{state_fingerprint(teacher.state_dict())}")
+        spec = TrainSpec("student_hint", "student_hint", factory, train, context.seed, context.jitter,
+                         objective=objective, sampler=context.sampler)
+        state = context.fit([spec]).results[0].state_dict
+        return MethodPlan(distillation, partial(load_guided_student, context.student_factory, state),
+                          {"hint_stage": state_fingerprint(state)})

@@ -9,19 +9,13 @@ ensembles included).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ensemble.errors import ConfigError
-
-
-@dataclass
-class TeacherOutputs:
-    probs: torch.Tensor | None = None  # (N, C) soft targets at the training temperature
-    logits: torch.Tensor | None = None  # (N, C) log-probabilities at T = 1
+from ensemble.teacher import TeacherOutputs
 
 
 def soft_target_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 
+from torch import nn
+
 from ensemble.objectives import Objective
 
 from .losses import TeacherOutputs, get_loss
-from .teachers import OnlineTeacher
 
 
 class DistillationObjective(Objective):
@@ -17,7 +18,7 @@ class DistillationObjective(Objective):
     """
 
     def __init__(self, loss: str = "kd", temperature: float = 4.0, alpha: float = 0.9,
-                 cache: TeacherOutputs | None = None, teacher: OnlineTeacher | None = None, teacher_id: str = ""):
+                 cache: TeacherOutputs | None = None, teacher: nn.Module | None = None, teacher_id: str = ""):
         get_loss(loss)  # unknown names fail here, on the driver
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")

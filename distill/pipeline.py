@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from ensemble.checkpoint import make_output_dir, write_json
 from ensemble.lock import FolderLock
@@ -12,21 +13,28 @@ from ensemble.tracking import Tracker, redact
 from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash, dump_config
+from .results import MlflowSection, Results
 from .report import print_ensemble_summary, print_specialists_summary, print_summary, summary_rows, write_report
 
 STAGES = ("ensemble", "specialists", "student")
 COMMANDS = {"ensemble": "ensemble", "specialists": "specialists", "student": "run"}  # the CLI command of each
 
 
-def update_results(path: Path, sections: dict, merge: bool = True) -> dict:
-    """Write ``results.json``; ``merge`` keeps the sections other invocations wrote (a partial stage run)."""
-    results = json.loads(path.read_text()) if merge and path.is_file() else {}
-    results.update(sections)
-    write_json(path, results)
+def update_results(path: Path, sections: dict, merge: bool = True) -> Results:
+    """Write ``results.json`` from typed sections; ``merge`` keeps the sections other invocations wrote (a partial
+    stage run), unless that file no longer reads as :class:`Results` (written by another version: dropped)."""
+    old = {}
+    if merge and path.is_file():
+        try:
+            old = Results.read(path).model_dump(exclude_none=True)
+        except (ValidationError, ValueError):
+            old = {}
+    results = Results.model_validate({**old, **sections})
+    write_json(path, results.to_json())
     return results
 
 
-def run(config: Config, until: str = "student", show_progress: bool = True) -> dict:
+def run(config: Config, until: str = "student", show_progress: bool = True) -> Results:
     """Run the stages up to ``until``; each reuses what earlier invocations finished on disk."""
     output_dir = make_output_dir(Path(config.output_dir))
     # Taken before any MLflow run or file: a second invocation on this folder is refused and leaves no trace.
@@ -34,7 +42,7 @@ def run(config: Config, until: str = "student", show_progress: bool = True) -> d
         return _run(config, until, show_progress, output_dir)
 
 
-def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> dict:
+def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> Results:
     stages = STAGES[: STAGES.index(until) + 1]
     (output_dir / "config.yaml").write_text(dump_config(config))
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
@@ -58,10 +66,10 @@ def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> d
             trained["student"], more = run_student_stage(config, data, ensemble, trained.get("specialists"),
                                                          output_dir, tracker, parent_id, show_progress)
             sections.update(more)
-        sections["mlflow"] = {"tracking_uri": redact(tracker.uri), "experiment_id": tracker.experiment_id,
-                              "parent_run_id": parent_id}
+        sections["mlflow"] = MlflowSection(tracking_uri=redact(tracker.uri), experiment_id=tracker.experiment_id,
+                                           parent_run_id=parent_id)
         if until == "student":
-            sections["summary"] = summary_rows(sections, trained)
+            sections["summary"] = summary_rows(Results.model_validate(sections), trained)
         # A full run computed every section itself; dropping the old file keeps no stale stage of another config.
         results = update_results(output_dir / "results.json", sections, merge=until != "student")
         if until == "student":
@@ -72,29 +80,14 @@ def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> d
         print_summary(results)
     else:
         print_ensemble_summary(results)
-        if "specialists" in sections:
+        if results.specialists is not None and "specialists" in sections:
             print_specialists_summary(results)
     return results
 
 
-def run_ensemble(config: Config, show_progress: bool = True) -> dict:
-    """``distill ensemble``: train the members and the generalist, score them, write ``results.json``."""
-    return run(config, "ensemble", show_progress)
-
-
-def run_pipeline(config: Config, show_progress: bool = True) -> dict:
-    """``distill run``: ensemble, specialists, student; each finished model is reused from disk."""
-    return run(config, "student", show_progress)
-
-
-def run_specialists(config: Config, show_progress: bool = True) -> dict:
-    """``distill specialists``: the ensemble stage (reused from disk when finished), then the specialists."""
-    return run(config, "specialists", show_progress)
-
-
 def _log_ensemble_metrics(tracker: Tracker, parent_id: str, sections: dict) -> None:
     ens = sections["ensemble"]
-    metrics = {f"ensemble_{k}": ens[k] for k in ens if k.startswith("test_")}
+    metrics = {f"ensemble_{k}": v for k, v in ens.model_dump().items() if k.startswith("test_") and v is not None}
     if "generalist" in sections:
-        metrics["generalist_test_accuracy"] = sections["generalist"]["test_accuracy"]
+        metrics["generalist_test_accuracy"] = sections["generalist"].test_accuracy
     tracker.log_metrics(parent_id, metrics)

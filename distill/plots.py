@@ -1,16 +1,19 @@
-"""Figures for the report and MLflow: training curves and accuracy per model."""
+"""Figures for the report and MLflow: training curves and accuracy per model.
+
+Figures are built with matplotlib's object API (:class:`matplotlib.figure.Figure`), not pyplot: no backend is
+selected or switched and no figure is registered with pyplot, so a caller's matplotlib setup (a notebook's inline
+backend, say) is left alone. ``fig.savefig`` and MLflow's ``log_figure`` render them without a GUI.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
-def training_curves(histories: dict[str, list[dict]]):
+def training_curves(histories: dict[str, list[dict]]) -> Figure:
     """Validation accuracy and training loss per epoch, one line per trained model."""
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    acc_ax, loss_ax = fig.subplots(1, 2)
     for name, history in histories.items():
         epochs = [r["epoch"] for r in history]
         acc_ax.plot(epochs, [r["val_accuracy"] for r in history], marker=".", label=name)
@@ -22,9 +25,10 @@ def training_curves(histories: dict[str, list[dict]]):
     return fig
 
 
-def accuracy_per_model(rows: list[dict]):
+def accuracy_per_model(rows: list[dict]) -> Figure:
     """Horizontal bars of test accuracy, with the error count written on each bar."""
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.2))
+    ax = fig.subplots()
     names = [r["model"] for r in rows]
     accuracies = [r["test_accuracy"] for r in rows]
     bars = ax.barh(names, accuracies, color="tab:blue")

@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import itertools
 import json
-import os
 from pathlib import Path
 
 import yaml
@@ -95,9 +94,22 @@ def _trial(params: dict, *, base: dict, data, teacher, tracking: tuple, parent_i
         tracker.set_tags(run_id, {"mlflow.runName": f"student {label}", **{f"sweep.{k}": v for k, v in params.items()}})
     report = distiller.evaluate(data.test)
     result = distiller.results_[0]
-    tune.report({SELECTION_METRIC: result.metrics["val_accuracy"], "test_accuracy": report["student"]["accuracy"],
-                 "test_errors": report["student"]["errors"], "best_epoch": result.metrics["best_epoch"],
+    tune.report({SELECTION_METRIC: result.metrics["val_accuracy"], "test_accuracy": report["student"].accuracy,
+                 "test_errors": report["student"].errors, "best_epoch": result.metrics["best_epoch"],
                  "reused": result.reused, "mlflow_run_id": run_id or ""})
+
+
+def _tuner(config: Config, trainable, output_dir: Path, show_progress: bool):
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        param_space={key: tune.grid_search(values) for key, values in config.sweep.grid.items()},
+        tune_config=tune.TuneConfig(metric=SELECTION_METRIC, mode="max", reuse_actors=True,
+                                    max_concurrent_trials=config.sweep.max_concurrent),
+        run_config=tune.RunConfig(name=f"sweep-{config_hash(config)}", storage_path=str((output_dir / "tune")
+                                  .resolve()), verbose=1 if show_progress else 0, callbacks=_silent_file_loggers()),
+    )
 
 
 def _portable(teacher):
@@ -108,10 +120,40 @@ def _portable(teacher):
     return portable
 
 
+class _Silent:
+    """Mixed into a Tune file logger: it takes that logger's place and writes nothing."""
+
+    def __init__(self):
+        pass  # the real loggers' state (and TensorBoardX's import) is not needed
+
+    def log_trial_start(self, trial):
+        pass
+
+    def log_trial_restore(self, trial):
+        pass
+
+    def log_trial_save(self, trial):
+        pass
+
+    def log_trial_result(self, iteration, trial, result):
+        pass
+
+    def log_trial_end(self, trial, failed=False):
+        pass
+
+
+def _silent_file_loggers() -> list:
+    """MLflow is the record; Tune's own CSV, JSON and TensorBoard files would only duplicate it. Tune adds each of
+    those loggers only when the callbacks passed have none of its kind, so one silent logger of each kind keeps
+    them out, with no ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` written into the caller's environment."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    return [type(f"Silent{base.__name__}", (_Silent, base), {})() for base in
+            (CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback)]
+
+
 def run_sweep(config: Config, show_progress: bool = True) -> dict:
     trials = check_grid(config)
-    # MLflow is the record; Tune's own TensorBoard/CSV/JSON loggers would only duplicate it.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     output_dir = make_output_dir(Path(config.output_dir))
     # Before any MLflow run or file, as in ``distill run``; the trials lock their own model folders inside it.
     with FolderLock(output_dir, "distill sweep"):
@@ -132,7 +174,9 @@ def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: 
         data = load_data(config)
         ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
         specialists = None
-        if config.student.teacher == "specialists":
+        from .teachers import TEACHERS
+
+        if TEACHERS[config.student.teacher].needs_specialists:
             from specialists.stage import check_section, run_specialist_stage
 
             check_section(config.specialists, data)
@@ -150,15 +194,7 @@ def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: 
                                  output_dir=str(output_dir.resolve()), threads=max(1, int(cpus))),
             {"cpu": cpus, "gpu": config.student.resources.num_gpus},
         )
-        tuner = tune.Tuner(
-            trainable,
-            param_space={key: tune.grid_search(values) for key, values in config.sweep.grid.items()},
-            tune_config=tune.TuneConfig(metric=SELECTION_METRIC, mode="max", reuse_actors=True,
-                                        max_concurrent_trials=config.sweep.max_concurrent),
-            run_config=tune.RunConfig(name=f"sweep-{config_hash(config)}", storage_path=str((output_dir / "tune")
-                                      .resolve()), verbose=1 if show_progress else 0),
-        )
-        grid = tuner.fit()
+        grid = _tuner(config, trainable, output_dir, show_progress).fit()
         if grid.errors:
             raise DistillError(f"sweep: {len(grid.errors)} of {len(trials)} trials failed; first: "
                                f"{str(grid.errors[0]).strip().splitlines()[-1]}")

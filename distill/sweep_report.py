@@ -34,25 +34,21 @@ def print_sweep(rows: list[dict], keys: list[str], console: Console | None = Non
 
 
 def plot_sweep(rows: list[dict], keys: list[str], folder: Path) -> list[Path]:
-    """Heatmap + 3D surface over the first two keys (the best over any further keys); a line for one key."""
-    import matplotlib
+    """Heatmap + 3D surface over the first two keys (the best over any further keys); a line for one key.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on :class:`matplotlib.figure.Figure` objects, not pyplot: the caller's backend and figures are untouched.
+    """
     import numpy as np
+    from matplotlib.figure import Figure
 
-    paths = []
     if len(keys) == 1:
         key = keys[0]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
         ax.plot([str(r[key]) for r in rows], [100 * r["test_accuracy"] for r in rows], marker="o")
         ax.set(xlabel=key, ylabel="test accuracy (%)", title="sweep")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(folder / "sweep_line.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
-        return paths
+        return [_save(fig, folder / "sweep_line.png")]
 
     x_key, y_key = keys[:2]
     xs = sorted({r[x_key] for r in rows}, key=_order)
@@ -62,7 +58,8 @@ def plot_sweep(rows: list[dict], keys: list[str], folder: Path) -> list[Path]:
         i, j = ys.index(r[y_key]), xs.index(r[x_key])
         acc[i, j] = np.fmax(acc[i, j], 100 * r["test_accuracy"])
 
-    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 2))
+    fig = Figure(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 2))
+    ax = fig.subplots()
     image = ax.imshow(acc, cmap="viridis", origin="lower", aspect="auto")
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_yticks(range(len(ys)), [str(y) for y in ys])
@@ -72,22 +69,22 @@ def plot_sweep(rows: list[dict], keys: list[str], folder: Path) -> list[Path]:
                 ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
     ax.set(xlabel=x_key, ylabel=y_key, title="test accuracy (%)")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    paths.append(folder / "sweep_heatmap.png")
-    fig.savefig(paths[-1], dpi=90)
-    plt.close(fig)
+    paths = [_save(fig, folder / "sweep_heatmap.png")]
 
     if len(xs) > 1 and len(ys) > 1 and all(isinstance(v, (int, float)) for v in [*xs, *ys]):
         grid_x, grid_y = np.meshgrid(np.log10(xs) if min(xs) > 0 else xs, ys)
-        fig = plt.figure(figsize=(6, 4.5))
+        fig = Figure(figsize=(6, 4.5))
         ax = fig.add_subplot(projection="3d")
         ax.plot_surface(grid_x, grid_y, acc, cmap="viridis", edgecolor="k", linewidth=0.3)
         ax.set(xlabel=f"log10 {x_key}" if min(xs) > 0 else x_key, ylabel=y_key, zlabel="test accuracy (%)")
-        fig.tight_layout()
-        paths.append(folder / "sweep_surface.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
+        paths.append(_save(fig, folder / "sweep_surface.png"))
     return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
 
 
 def _order(value):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .config import TrainConfig, fingerprint
-from .data import check_split, materialize
+from .config import EnsembleConfig, TrainConfig, api_arguments, fingerprint
+from .data import Split, check_split, materialize
 from .errors import ConfigError
-from .fit import FitOptions, fit_specs
+from .fit import FitOptions, api_tracking, fit_specs
+from .scores import Evaluation, Score
 from .soft_targets import Mean, ensemble_probs
+from .teacher import EnsembleOutputs, TeacherOutputs, members_outputs
 from .trainer import TrainResult, TrainSpec, predict_logits
 
 GENERALIST_SEED_OFFSET = 1000
@@ -20,7 +23,10 @@ GENERALIST_SEED_OFFSET = 1000
 class Ensemble:
     """An ensemble of independently seeded members plus an optional generalist, each trained by a Ray actor.
 
-    >>> ens = Ensemble(lambda: my_net(), n_members=3, generalist=lambda: my_net())
+    Takes the config's ``ensemble`` section whole (:class:`ensemble.config.EnsembleConfig`, a dict, or keywords that
+    name its fields: ``n_members`` for ``members``, ``train``, ``mean``, ...), so the CLI and the API share one mapping.
+
+    >>> ens = Ensemble(lambda: my_net(), {"members": 3, "train": {"epochs": 10}}, generalist=lambda: my_net())
     >>> ens.fit(train, val, test)
     >>> ens.predict_proba(x, temperature=20, mean="geometric")
     """
@@ -28,26 +34,31 @@ class Ensemble:
     def __init__(
         self,
         members: Callable[[], nn.Module] | Sequence[Callable[[], nn.Module]],
-        n_members: int = 3,
-        generalist: Callable[[], nn.Module] | None = None,
+        config: EnsembleConfig | dict | None = None,
         *,
-        train: TrainConfig | dict | None = None,
+        generalist: Callable[[], nn.Module] | None = None,
         generalist_train: TrainConfig | dict | None = None,
         seed: int = 0,
         jitter: int = 0,
-        **options,
+        **kwargs,
     ):
-        """``options`` are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus, num_gpus, tracker, ..."""
-        factories = list(members) if isinstance(members, Sequence) else [members] * n_members
+        """Keywords that are not fields of the section are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus,
+        num_gpus, tracking_uri, experiment, ... (``num_cpus``/``num_gpus`` default to the section's resources)."""
+        self.config, options = api_arguments(EnsembleConfig, config, kwargs, {"n_members": "members"}, "Ensemble")
+        if isinstance(members, Sequence):
+            self.config = self.config.model_copy(update={"members": len(members)})
+        factories = list(members) if isinstance(members, Sequence) else [members] * self.config.members
         if not factories:
             raise ConfigError("ensemble.members: need at least one member")
         self.member_factories = factories
         self.generalist_factory = generalist
-        self.train_config = as_train_config(train)
+        self.train_config = self.config.train
         self.generalist_train_config = as_train_config(generalist_train) if generalist_train else self.train_config
+        self.mean = self.config.mean
         self.seed = seed
         self.jitter = jitter
-        self.options = FitOptions(**options)
+        resources = self.config.resources
+        self.options = FitOptions(**{"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, **options})
         self.members_: list[nn.Module] = []
         self.generalist_: nn.Module | None = None
         self.results_: list[TrainResult] = []
@@ -77,7 +88,8 @@ class Ensemble:
             check_split(split, self.num_classes_, name)
         self.split_fingerprints_ = {name: split.fingerprint() for name, split in splits.items()}
         self.data_fingerprint_ = fingerprint(self.split_fingerprints_)
-        fitted = fit_specs(self._specs(), splits, self.data_fingerprint_, self.num_classes_, self.options)
+        with api_tracking(self.options, "Ensemble", {"ensemble": self.config.model_dump(mode="json")}) as options:
+            fitted = fit_specs(self._specs(), splits, self.data_fingerprint_, self.num_classes_, options)
         self.results_, self.run_ids_ = fitted.results, fitted.run_ids
         self.members_ = fitted.models[: len(self.member_factories)]
         self.generalist_ = fitted.models[-1] if self.generalist_factory is not None else None
@@ -95,11 +107,12 @@ class Ensemble:
         self._check_fitted()
         return torch.stack([predict_logits(m, x, batch_size) for m in self.members_])
 
-    def predict_proba(self, x: torch.Tensor, temperature: float = 1.0, mean: Mean = "arithmetic") -> torch.Tensor:
-        """The ensemble's soft targets: the arithmetic or geometric mean of the members' ``softmax(z / T)``."""
-        return ensemble_probs(self.member_logits(x), temperature, mean)
+    def predict_proba(self, x: torch.Tensor, temperature: float = 1.0, mean: Mean | None = None) -> torch.Tensor:
+        """The ensemble's soft targets: the arithmetic or geometric mean (default: the section's ``mean``) of the
+        members' ``softmax(z / T)``."""
+        return ensemble_probs(self.member_logits(x), temperature, mean or self.mean)
 
-    def predict(self, x: torch.Tensor, mean: Mean = "arithmetic") -> torch.Tensor:
+    def predict(self, x: torch.Tensor, mean: Mean | None = None) -> torch.Tensor:
         return self.predict_proba(x, 1.0, mean).argmax(dim=1)
 
     def cached_logits(self, split: str) -> dict[str, torch.Tensor]:
@@ -107,28 +120,53 @@ class Ensemble:
         self._check_fitted()
         return {result.name: result.logits[split] for result in self.results_}
 
-    def soft_targets(self, split: str, temperature: float = 1.0, mean: Mean = "arithmetic") -> torch.Tensor:
-        members = [self.cached_logits(split)[f"member_{i}"] for i in range(len(self.members_))]
-        return ensemble_probs(torch.stack(members), temperature, mean)
+    def soft_targets(self, split: str, temperature: float = 1.0, mean: Mean | None = None) -> torch.Tensor:
+        return ensemble_probs(self._cached_members(split), temperature, mean or self.mean)
 
-    def evaluate(self, test) -> dict:
-        """Accuracy and error count of every member, the generalist and both ensemble means."""
+    def _cached_members(self, split: str) -> torch.Tensor:
+        cached = self.cached_logits(split)
+        return torch.stack([cached[f"member_{i}"] for i in range(len(self.members_))])
+
+    # --- the Teacher protocol (ensemble.teacher) ---
+
+    def teacher_name(self) -> str:
+        return "ensemble"
+
+    def online(self) -> nn.Module:
+        self._check_fitted()
+        return EnsembleOutputs(self.members_, self.mean)
+
+    def cached_outputs(self, splits: Sequence[Split], temperature: float) -> TeacherOutputs | None:
+        """From the logits cached after training, when every split is one the ensemble was fitted on."""
+        self._check_fitted()
+        names = {fp: name for name, fp in self.split_fingerprints_.items()}
+        parts = [names.get(split.fingerprint()) for split in splits]
+        if None in parts:
+            return None
+        members = torch.cat([self._cached_members(part) for part in parts], dim=1)
+        return members_outputs(members, temperature, self.mean)
+
+    def hint_module(self) -> nn.Module:
+        self._check_fitted()
+        return self.members_[0]
+
+    def with_mean(self, mean: Mean) -> "Ensemble":
+        """The same fitted ensemble, averaging its members by the other mean."""
+        other = copy.copy(self)
+        other.mean = mean
+        return other
+
+    def evaluate(self, test) -> Evaluation:
+        """A :class:`Score` for every member, both ensemble means and the generalist."""
         self._check_fitted()
         split = materialize(test, "test")
         logits = self.member_logits(split.x)
-        report: dict = {"members": []}
-        for i in range(len(self.members_)):
-            report["members"].append(_score(logits[i], split.y))
+        scores = {f"member_{i}": Score.from_logits(logits[i], split.y) for i in range(len(self.members_))}
         for mean in ("arithmetic", "geometric"):
-            report[mean] = _score(ensemble_probs(logits, 1.0, mean), split.y)
+            scores[mean] = Score.from_probs(ensemble_probs(logits, 1.0, mean), split.y)
         if self.generalist_ is not None:
-            report["generalist"] = _score(predict_logits(self.generalist_, split.x), split.y)
-        return report
-
-
-def _score(scores: torch.Tensor, y: torch.Tensor) -> dict:
-    correct = int((scores.argmax(dim=1) == y).sum())
-    return {"accuracy": correct / max(1, len(y)), "errors": len(y) - correct}
+            scores["generalist"] = Score.from_logits(predict_logits(self.generalist_, split.x), split.y)
+        return Evaluation(scores)
 
 
 def as_train_config(train: TrainConfig | dict | None) -> TrainConfig:

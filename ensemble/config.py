@@ -203,8 +203,31 @@ def validate_config(schema: type[ConfigT], tree: dict, source: str = "config", o
         raise ConfigError(describe_validation_error(err, source, overrides)) from None
 
 
-def load_config(schema: type[ConfigT], path: str | Path | None = None, overrides: list[str] = ()) -> ConfigT:
-    """Read YAML (or start from the schema defaults), apply ``--set`` overrides, validate."""
+def api_arguments(schema: type[ConfigT], config: ConfigT | dict | None, kwargs: dict,
+                  aliases: dict[str, str] | None = None, where: str = "config") -> tuple[ConfigT, dict]:
+    """The Python API's one mapping to the config: ``config`` (a section, a dict or None) with the keyword arguments
+    that name its fields (or an alias such as ``n_members`` -> ``members``) applied and validated; the keywords left
+    over are returned for :class:`ensemble.fit.FitOptions`."""
+    tree = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
+    rest = {}
+    for key, value in kwargs.items():
+        path = (aliases or {}).get(key, key).split(".")
+        if path[0] not in schema.model_fields:
+            rest[key] = value
+            continue
+        node = tree
+        for part in path[:-1]:
+            child = node.get(part)
+            node[part] = child = child.model_dump() if isinstance(child, BaseModel) else dict(child or {})
+            node = child
+        node[path[-1]] = value
+    return validate_config(schema, tree, where), rest
+
+
+def load_config(schema: type[ConfigT], path: str | Path | None = None, overrides: list[str] = (),
+                prepare=None) -> ConfigT:
+    """Read YAML (or start from the schema defaults), apply ``--set`` overrides, call ``prepare(tree, path)`` (say, to
+    import plugins that register names the schema checks), validate."""
     tree: dict = {}
     source = "config"
     if path is not None:
@@ -219,6 +242,8 @@ def load_config(schema: type[ConfigT], path: str | Path | None = None, overrides
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(tree, list(overrides))
+    if prepare is not None:
+        prepare(tree, path)
     return validate_config(schema, tree, source, list(overrides))
 
 

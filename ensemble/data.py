@@ -51,9 +51,6 @@ class DatasetSplits:
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
-    def fingerprints(self) -> dict[str, str]:
-        return {name: self.split(name).fingerprint() for name in ("train", "val", "test")}
-
 
 def check_split(split: Split, num_classes: int, where: str) -> None:
     """Labels in range and finite inputs: bad data fails here, before any actor starts."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
@@ -36,6 +39,8 @@ class FitOptions:
     ray_num_gpus: float | None = None
     show_progress: bool = True
     in_process: bool = False  # train here, one model after another (inside a Ray Tune trial, a notebook, a debugger)
+    tracking_uri: str | None = None  # the Python API's MLflow store when no run is active (see api_tracking)
+    experiment: str | None = None
 
     @property
     def resources(self) -> Resources:
@@ -48,6 +53,37 @@ class Fitted:
     models: list[nn.Module]
     run_ids: dict[str, str]
     fingerprints: list[str] = field(default_factory=list)  # each model's folder hash, in spec order
+
+
+TRACKING_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+
+
+@contextmanager
+def api_tracking(options: FitOptions, name: str, params: dict) -> Iterator[FitOptions]:
+    """Where one ``fit`` of the Python API is tracked, as MLflow users expect.
+
+    An explicit ``tracker`` (the CLI's) wins. Inside ``with mlflow.start_run():`` every model gets a run nested
+    under the active one. Otherwise, when ``tracking_uri=`` / ``experiment=`` are given or MLflow's own environment
+    variables are set, a parent run named ``name`` holds them. With none of these nothing is tracked.
+    """
+    import mlflow
+
+    active = mlflow.active_run() if options.tracker is None else None
+    wanted = options.tracking_uri or options.experiment or any(os.environ.get(v) for v in TRACKING_ENVIRONMENT)
+    if options.tracker is not None or (active is None and not wanted):
+        yield options
+        return
+    params = options.run_params or params
+    if active is not None:
+        tracker = Tracker(mlflow.get_tracking_uri(), experiment_id=active.info.experiment_id)
+        yield replace(options, tracker=tracker, parent_run_id=active.info.run_id, run_params=params)
+        return
+    experiment_id = None if options.experiment else os.environ.get("MLFLOW_EXPERIMENT_ID")
+    tracker = Tracker(options.tracking_uri or mlflow.get_tracking_uri(),
+                      options.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default", experiment_id)
+    with tracker.run(name, tags={"api": name}) as parent_id:
+        tracker.log_params(parent_id, params)
+        yield replace(options, tracker=tracker, parent_run_id=parent_id, run_params=params)
 
 
 def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint: str, num_classes: int,

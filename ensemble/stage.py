@@ -8,6 +8,8 @@ from .api import Ensemble
 from .config import ResourcesConfig, StageConfig
 from .data import DatasetSplits, load_dataset
 from .models import RegisteredModel
+from .results import EnsembleSection, ModelRow
+from .scores import Score
 from .soft_targets import ensemble_probs
 from .tracking import Tracker
 from .trainer import learning_curves
@@ -41,17 +43,9 @@ def run_ensemble_stage(
     shape, classes = data.input_shape, data.num_classes
     member_model, generalist_model = config.ensemble.model, config.generalist_model()
     ensemble = Ensemble(
-        RegisteredModel.from_config(member_model, shape, classes),
-        n_members=config.ensemble.members,
-        generalist=(
-            RegisteredModel.from_config(generalist_model, shape, classes)
-            if config.generalist.enabled
-            else None
-        ),
-        train=config.ensemble.train,
-        generalist_train=config.generalist_train(),
-        seed=config.seed,
-        jitter=config.data.jitter,
+        RegisteredModel.from_config(member_model, shape, classes), config.ensemble,
+        generalist=RegisteredModel.from_config(generalist_model, shape, classes) if config.generalist.enabled else None,
+        generalist_train=config.generalist_train(), seed=config.seed, jitter=config.data.jitter,
         **fit_options(config, config.ensemble.resources, output_dir / "ensemble", tracker, parent_run_id,
                       show_progress),
     )
@@ -59,36 +53,29 @@ def run_ensemble_stage(
     return ensemble, summarize(ensemble, data, config.ensemble.mean)
 
 
-def _model_row(result, run_id: str | None) -> dict:
+def model_row(result, run_id: str | None) -> ModelRow:
     m = result.metrics
-    return {
-        "name": result.name,
-        "test_accuracy": m["test_accuracy"],
-        "test_errors": m["test_errors"],
-        "val_accuracy": m["val_accuracy"],
-        "epochs_trained": m["epochs_trained"],
-        "best_epoch": m["best_epoch"],
-        "reused": result.reused,
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "mlflow_run_id": run_id,
-        "curves": learning_curves(result.history),
-    }
+    return ModelRow(name=result.name, test_accuracy=m["test_accuracy"], test_errors=m["test_errors"],
+                    test_nll=m.get("test_nll"), val_accuracy=m["val_accuracy"], epochs_trained=m["epochs_trained"],
+                    best_epoch=m["best_epoch"], reused=result.reused, resumed_from_epoch=result.resumed_from_epoch,
+                    mlflow_run_id=run_id, curves=learning_curves(result.history))
 
 
 def summarize(ensemble: Ensemble, data: DatasetSplits, mean: str) -> dict:
-    """Scores from the cached test logits: nothing is recomputed."""
+    """Typed ``results.json`` sections from the cached test logits: nothing is recomputed."""
     y = data.test.y
     members = [r for r in ensemble.results_ if r.role == "member"]
-    section: dict = {"members": [_model_row(r, ensemble.run_ids_.get(r.name)) for r in members], "mean": mean}
     stacked = [r.logits["test"] for r in members]
+    scores = {}
     for kind in ("arithmetic", "geometric"):
-        correct = int((ensemble_probs(stacked, 1.0, kind).argmax(dim=1) == y).sum())
-        section[f"test_accuracy_{kind}"] = correct / len(y)
-        section[f"test_errors_{kind}"] = len(y) - correct
-    section["test_accuracy"] = section[f"test_accuracy_{mean}"]
-    section["test_errors"] = section[f"test_errors_{mean}"]
+        score = Score.from_probs(ensemble_probs(stacked, 1.0, kind), y)
+        scores.update({f"test_accuracy_{kind}": score.accuracy, f"test_errors_{kind}": score.errors,
+                       f"test_nll_{kind}": score.nll})
+    section = EnsembleSection(members=[model_row(r, ensemble.run_ids_.get(r.name)) for r in members], mean=mean,
+                              **scores, **{f"test_{key}": scores[f"test_{key}_{mean}"]
+                                           for key in ("accuracy", "errors", "nll")})
     results = {"ensemble": section}
     generalist = [r for r in ensemble.results_ if r.role == "generalist"]
     if generalist:
-        results["generalist"] = _model_row(generalist[0], ensemble.run_ids_.get("generalist"))
+        results["generalist"] = model_row(generalist[0], ensemble.run_ids_.get("generalist"))
     return results

@@ -21,10 +21,6 @@ from .bounded import retry_for
 from .errors import DistillError
 
 log = logging.getLogger(__name__)
-# MLflow announces every schema creation and migration of a new SQLite store at INFO; on the command line that
-# buries the one line that matters (a result or an error).
-for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
-    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -123,13 +119,17 @@ def check_server(uri: str, seconds: float = SERVER_WAIT_SECONDS) -> None:
 
 
 class Tracker:
-    def __init__(self, uri: str = "sqlite:///mlflow.db", experiment: str = "distill"):
+    def __init__(self, uri: str = "sqlite:///mlflow.db", experiment: str = "distill", experiment_id: str | None = None):
+        """Runs go to ``experiment`` (created when missing), or to the experiment with ``experiment_id``."""
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_tracking_uri(uri)
         check_server(self.uri)
         try:
             self.client = MlflowClient(self.uri)
+            if experiment_id is not None:
+                self.experiment_id = self.client.get_experiment(experiment_id).experiment_id
+                return
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
         except Exception as err:  # noqa: BLE001 - connection, permission or schema problems

@@ -129,6 +129,29 @@ def resolve_device(num_gpus: float) -> torch.device:
     return torch.device("cuda") if num_gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
+@dataclass
+class _Run:
+    """One training run's mutable state, saved whole in every checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    generator: torch.Generator
+    objective: Objective
+    constraints: list
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_accuracy": -1.0, "epoch": 0, "state": None})
+    start_epoch: int = 0
+    epochs_since_best: int = 0
+
+    def checkpoint(self, fingerprint: str, epoch: int) -> dict:
+        return {"fingerprint": fingerprint, "epoch": epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+                "generator": self.generator.get_state(), "objective": self.objective.state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": self.history, "best": self.best}
+
+
 class Trainer:
     """Trains one :class:`TrainSpec` on in-memory splits, checkpointing into ``workdir``."""
 
@@ -187,132 +210,138 @@ class Trainer:
         # One writer per model folder: another process (a second run, an orphaned actor) waits here or is refused.
         with model_folder_lock(self.workdir, self.spec.name):
             # The holder we waited for may have finished this very model.
-            return self.load_finished() or self._train(on_epoch)
+            return self.load_finished() or self._train_forked(on_epoch)
+
+    def _train_forked(self, on_epoch: Callable[[dict], None] | None) -> TrainResult:
+        """Train on a fork of torch's global generators: the caller's RNG state (a notebook's, a Tune trial's
+        ``in_process`` fit) is the same afterwards, whatever training drew from it or seeded it to."""
+        cuda = [self._cuda_index()] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            return self._train(on_epoch)
+
+    def _cuda_index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    def _seed_global_rng(self, seed: int) -> None:
+        """Dropout and other layers draw from the global generators: seed the CPU one (initial weights, CPU
+        dropout) and, on a GPU, that device's, the generators :meth:`_train_forked` forks. ``torch.manual_seed``
+        would seed every CUDA device, leaving the others changed for the caller."""
+        torch.random.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            with torch.cuda.device(self._cuda_index()):
+                torch.cuda.manual_seed(seed)
 
     def _train(self, on_epoch: Callable[[dict], None] | None) -> TrainResult:
-        spec, train_cfg = self.spec, self.spec.train
-        torch.manual_seed(spec.seed)
-        model = spec.model_factory().to(self.device)
-        optimizer = make_optimizer(model, train_cfg)
-        scheduler = make_scheduler(optimizer, train_cfg, self._steps_per_epoch())
-        per_batch_schedule = train_cfg.scheduler.name == "onecycle"
-        generator = torch.Generator().manual_seed(spec.seed)
-        objective = spec.objective.to(self.device)
-        constraints = [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))]
-        history: list[dict] = []
-        best = {"val_accuracy": -1.0, "epoch": 0, "state": None}
-        start_epoch = 0
-
-        checkpoint = self.checkpoints.latest()
-        if checkpoint is not None:
-            if checkpoint.get("fingerprint") != self.fingerprint:
-                raise CheckpointError(f"{self.checkpoints.root}: checkpoint belongs to another model or config")
-            try:
-                model.load_state_dict(checkpoint["model"])
-                optimizer.load_state_dict(checkpoint["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as err:
-                detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
-                raise CheckpointError(f"{self.checkpoints.root}: checkpoint does not fit the model ({detail}); "
-                                      "it was saved by another architecture") from None
-            if scheduler is not None and checkpoint.get("scheduler"):
-                scheduler.load_state_dict(checkpoint["scheduler"])
-            objective.load_state_dict(checkpoint.get("objective", {}))
-            generator.set_state(checkpoint["generator"])
-            torch.set_rng_state(checkpoint["torch_rng"])
-            history = checkpoint["history"]
-            best = checkpoint["best"]
-            start_epoch = checkpoint["epoch"]
-
-        x_train, y_train = self.data["train"].x, self._labels("train")
-        x_val, y_val = self.data["val"].x, self._labels("val")
-        n_train, batch_size = len(y_train), train_cfg.batch_size
-        epochs_since_best = start_epoch - best["epoch"] if best["epoch"] else 0
-        for epoch in range(start_epoch, train_cfg.epochs):
-            patience = train_cfg.early_stopping_patience
-            if patience is not None and epochs_since_best >= patience:
+        run = self._start()
+        patience = self.spec.train.early_stopping_patience
+        for epoch in range(run.start_epoch, self.spec.train.epochs):
+            if patience is not None and run.epochs_since_best >= patience:
                 break
-            started = time.perf_counter()
-            model.train()
-            order = (
-                spec.sampler.epoch_order(n_train, generator)
-                if spec.sampler is not None
-                else torch.randperm(n_train, generator=generator)
-            )
-            term_sums: dict[str, torch.Tensor] = {}
-            monitored: set[str] = set()
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                xb = x_train[idx].to(self.device, non_blocking=True)
-                if spec.jitter:
-                    xb = jitter(xb, spec.jitter, generator)
-                yb = y_train[idx].to(self.device, non_blocking=True)
-                _, terms = objective(model, xb, yb, idx)
-                # A term without a gradient (say, a discriminator's own loss) is logged, not optimised.
-                monitored.update(name for name, value in terms.items() if not value.requires_grad)
-                loss = sum(value for value in terms.values() if value.requires_grad)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if per_batch_schedule:
-                    scheduler.step()
-                for constrain in constraints:
-                    constrain()
-                for name, value in terms.items():
-                    term_sums[name] = term_sums.get(name, 0) + value.detach() * len(idx)
-            lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None and not per_batch_schedule:
-                scheduler.step()
-            train_seconds = time.perf_counter() - started
-            terms_mean = {name: float(total) / len(order) for name, total in term_sums.items()}
-            train_loss = sum(v for name, v in terms_mean.items() if name not in monitored)
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(
-                    f"{spec.name}: training loss became {train_loss} in epoch {epoch + 1}; "
-                    "lower the learning rate (train.optimizer.lr) or check the inputs"
-                )
-            val_accuracy = accuracy(predict_logits(model, x_val, train_cfg.eval_batch_size, self.device), y_val)
-            if val_accuracy > best["val_accuracy"] or train_cfg.select == "last":
-                best = {"val_accuracy": val_accuracy, "epoch": epoch + 1, "state": _cpu_state(model)}
-                epochs_since_best = 0
-            else:
-                epochs_since_best += 1
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                **{f"train_{name}": value for name, value in terms_mean.items()},
-                "val_accuracy": val_accuracy,
-                "lr": lr,
-                "epoch_seconds": time.perf_counter() - started,
-                "samples_per_second": len(order) / train_seconds,
-            }
-            if "test" in self.data:
-                # For learning curves only: selection and early stopping never look at the test split.
-                x_test, y_test = self.data["test"].x, self._labels("test")
-                record["test_accuracy"] = accuracy(
-                    predict_logits(model, x_test, train_cfg.eval_batch_size, self.device), y_test)
-            history.append(record)
-            self.checkpoints.save(
-                epoch + 1,
-                {
-                    "fingerprint": self.fingerprint,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "generator": generator.get_state(),
-                    "objective": objective.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                    "best": best,
-                },
-            )
+            record = self._train_epoch(run, epoch)
             if on_epoch is not None:
                 on_epoch(record)
-
         # Early stopping keeps the weights with the best validation accuracy.
-        if best["state"] is not None:
-            model.load_state_dict(best["state"])
-        return self._finish(model, history, best, start_epoch)
+        if run.best["state"] is not None:
+            run.model.load_state_dict(run.best["state"])
+        return self._finish(run.model, run.history, run.best, run.start_epoch)
+
+    def _start(self) -> _Run:
+        """The model, optimiser, schedule and generators, seeded; then the latest checkpoint's state, if any."""
+        spec, train_cfg = self.spec, self.spec.train
+        self._seed_global_rng(spec.seed)
+        model = spec.model_factory().to(self.device)
+        optimizer = make_optimizer(model, train_cfg)
+        run = _Run(model, optimizer, make_scheduler(optimizer, train_cfg, self._steps_per_epoch()),
+                   torch.Generator().manual_seed(spec.seed), spec.objective.to(self.device),
+                   [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))])
+        checkpoint = self.checkpoints.latest()
+        if checkpoint is not None:
+            self._resume(run, checkpoint)
+        return run
+
+    def _resume(self, run: _Run, checkpoint: dict) -> None:
+        if checkpoint.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(f"{self.checkpoints.root}: checkpoint belongs to another model or config")
+        try:
+            run.model.load_state_dict(checkpoint["model"])
+            run.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
+            raise CheckpointError(f"{self.checkpoints.root}: checkpoint does not fit the model ({detail}); "
+                                  "it was saved by another architecture") from None
+        if run.scheduler is not None and checkpoint.get("scheduler"):
+            run.scheduler.load_state_dict(checkpoint["scheduler"])
+        run.objective.load_state_dict(checkpoint.get("objective", {}))
+        run.generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        run.history, run.best, run.start_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"]
+        run.epochs_since_best = run.start_epoch - run.best["epoch"] if run.best["epoch"] else 0
+
+    def _train_epoch(self, run: _Run, epoch: int) -> dict:
+        """One pass over the epoch's order, then validation, selection and a checkpoint; returns the epoch's record."""
+        spec = self.spec
+        started = time.perf_counter()
+        run.model.train()
+        n_train = len(self.data["train"])
+        order = (spec.sampler.epoch_order(n_train, run.generator) if spec.sampler is not None
+                 else torch.randperm(n_train, generator=run.generator))
+        term_sums, monitored = self._batches(run, order)
+        lr = run.optimizer.param_groups[0]["lr"]
+        if run.scheduler is not None and spec.train.scheduler.name != "onecycle":
+            run.scheduler.step()
+        train_seconds = time.perf_counter() - started
+        terms_mean = {name: float(total) / len(order) for name, total in term_sums.items()}
+        train_loss = sum(v for name, v in terms_mean.items() if name not in monitored)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"{spec.name}: training loss became {train_loss} in epoch {epoch + 1}; "
+                                   "lower the learning rate (train.optimizer.lr) or check the inputs")
+        record = {"epoch": epoch + 1, "train_loss": train_loss,
+                  **{f"train_{name}": value for name, value in terms_mean.items()},
+                  "val_accuracy": self._accuracy(run.model, "val"), "lr": lr}
+        if record["val_accuracy"] > run.best["val_accuracy"] or spec.train.select == "last":
+            run.best = {"val_accuracy": record["val_accuracy"], "epoch": epoch + 1, "state": _cpu_state(run.model)}
+            run.epochs_since_best = 0
+        else:
+            run.epochs_since_best += 1
+        record.update(epoch_seconds=time.perf_counter() - started, samples_per_second=len(order) / train_seconds)
+        if "test" in self.data:
+            # For learning curves only: selection and early stopping never look at the test split.
+            record["test_accuracy"] = self._accuracy(run.model, "test")
+        run.history.append(record)
+        self.checkpoints.save(epoch + 1, run.checkpoint(self.fingerprint, epoch + 1))
+        return record
+
+    def _batches(self, run: _Run, order: torch.Tensor) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """The optimisation steps of one epoch: each term's example-weighted sum, and the terms only monitored."""
+        spec, batch_size = self.spec, self.spec.train.batch_size
+        x_train, y_train = self.data["train"].x, self._labels("train")
+        per_batch_schedule = spec.train.scheduler.name == "onecycle"
+        term_sums: dict[str, torch.Tensor] = {}
+        monitored: set[str] = set()
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            xb = x_train[idx].to(self.device, non_blocking=True)
+            if spec.jitter:
+                xb = jitter(xb, spec.jitter, run.generator)
+            yb = y_train[idx].to(self.device, non_blocking=True)
+            _, terms = run.objective(run.model, xb, yb, idx)
+            # A term without a gradient (say, a discriminator's own loss) is logged, not optimised.
+            monitored.update(name for name, value in terms.items() if not value.requires_grad)
+            loss = sum(value for value in terms.values() if value.requires_grad)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            if per_batch_schedule:
+                run.scheduler.step()
+            for constrain in run.constraints:
+                constrain()
+            for name, value in terms.items():
+                term_sums[name] = term_sums.get(name, 0) + value.detach() * len(idx)
+        return term_sums, monitored
+
+    def _accuracy(self, model: nn.Module, split: str) -> float:
+        logits = predict_logits(model, self.data[split].x, self.spec.train.eval_batch_size, self.device)
+        return accuracy(logits, self._labels(split))
 
     def _finish(self, model: nn.Module, history: list[dict], best: dict, start_epoch: int) -> TrainResult:
         eval_bs = self.spec.train.eval_batch_size
@@ -323,6 +352,9 @@ class Trainer:
             correct = int((logits[split].argmax(dim=1) == labels).sum())
             metrics[f"{split}_accuracy"] = correct / max(1, len(labels))
             metrics[f"{split}_errors"] = len(labels) - correct
+            if len(labels):
+                log_probs = torch.log_softmax(logits[split].float(), dim=1)
+                metrics[f"{split}_nll"] = float(-log_probs.gather(1, labels[:, None]).mean())
         state = _cpu_state(model)
         save_verified(state, self.workdir / "model.pt")
         save_verified(logits, self.workdir / "logits.pt")

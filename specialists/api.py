@@ -9,23 +9,28 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ensemble.api import as_train_config
 from ensemble.checkpoint import state_fingerprint
-from ensemble.config import TrainConfig, fingerprint
+from ensemble.config import api_arguments, fingerprint
 from ensemble.data import check_split, materialize
 from ensemble.errors import ConfigError
-from ensemble.fit import FitOptions, fit_specs
+from ensemble.fit import FitOptions, api_tracking, fit_specs
+from ensemble.scores import Evaluation, Score
 from ensemble.trainer import TrainResult, TrainSpec, predict_logits
 
 from .combine import active_specialists, combine
 from .dustbin import GroupSampler, build_specialist, dustbin_correction, dustbin_target_map, find_head
+from .config import CombineConfig, SpecialistsConfig
 from .grouping import class_matrix, cluster_classes, resolve_groups
+from .teacher import SpecialistOutputs
 
 
 class SpecialistEnsemble:
     """Specialists for groups of classes the generalist confuses (paper §5), trained in parallel on Ray.
 
-    >>> spec = SpecialistEnsemble(generalist, n_specialists=3).fit(train, val)
+    Takes the config's ``specialists`` section whole (:class:`specialists.config.SpecialistsConfig`, a dict, or
+    keywords naming its fields: ``count``, ``groups``, ``matrix``, ``train``, ``top_n`` for ``combine.top_n``, ...).
+
+    >>> spec = SpecialistEnsemble(generalist, {"count": 3}).fit(train, val)
     >>> spec.groups            # e.g. [[3, 5, 8], [4, 7, 9]]
     >>> spec.predict_proba(x)  # Eq. 5 with the active specialists
     """
@@ -33,45 +38,37 @@ class SpecialistEnsemble:
     def __init__(
         self,
         generalist: nn.Module,
-        generalist_factory: Callable[[], nn.Module] | None = None,
+        config: SpecialistsConfig | dict | None = None,
         *,
-        n_specialists: int = 3,
-        groups: list[list[int | str]] | None = None,
-        clustering: str = "kmeans",
-        matrix: str = "correlation",
-        overlap: int = 1,
-        min_group_size: int = 2,
-        source: str = "val",
-        head: str | None = None,
-        train: TrainConfig | dict | None = None,
-        top_n: int = 1,
-        solver: str = "em",
-        max_iter: int = 100,
-        tolerance: float = 1e-6,
+        generalist_factory: Callable[[], nn.Module] | None = None,
         class_names: list[str] | None = None,
         seed: int = 0,
         jitter: int = 0,
-        **options,
+        **kwargs,
     ):
-        """``options`` are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus, num_gpus, tracker, ..."""
+        """Keywords that are not fields of the section are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus,
+        num_gpus, tracking_uri, experiment, ... (``num_cpus``/``num_gpus`` default to the section's resources)."""
+        aliases = {name: f"combine.{name}" for name in CombineConfig.model_fields}
+        self.config, options = api_arguments(SpecialistsConfig, config, kwargs, aliases, "SpecialistEnsemble")
         self.generalist = generalist.eval()
         self.generalist_factory = generalist_factory or partial(copy.deepcopy, generalist)
-        find_head(generalist, head)  # fail now if there is no linear head to copy
-        self.n_specialists = n_specialists
-        self.hand_groups = groups
-        self.matrix = matrix
-        self.clustering, self.overlap, self.min_group_size = clustering, overlap, min_group_size
-        self.source = source
-        self.head = head
-        self.train_config = as_train_config(train or {"epochs": 8, "optimizer": {"lr": 0.01}})
-        self.top_n, self.solver, self.max_iter, self.tolerance = top_n, solver, max_iter, tolerance
+        find_head(generalist, self.config.head)  # fail now if there is no linear head to copy
+        self.train_config = self.config.train
         self.class_names = class_names
         self.seed, self.jitter = seed, jitter
-        self.options = FitOptions(**{"output_dir": "runs/specialists", **options})
+        resources = self.config.resources
+        self.options = FitOptions(**{"output_dir": "runs/specialists", "num_cpus": resources.num_cpus,
+                                     "num_gpus": resources.num_gpus, **options})
         self.specialists_: list[nn.Module] = []
         self.results_: list[TrainResult] = []
         self.run_ids_: dict[str, str] = {}
         self.last_info_: dict = {}
+
+    @property
+    def solver_options(self) -> dict:
+        combine_section = self.config.combine
+        return {"max_iter": combine_section.max_iter, "tolerance": combine_section.tolerance,
+                "solver": combine_section.solver}
 
     @property
     def groups(self) -> list[list[int]]:
@@ -79,12 +76,13 @@ class SpecialistEnsemble:
 
     def choose_groups(self, held_out_x: torch.Tensor, num_classes: int) -> list[list[int]]:
         names = self.class_names or [str(c) for c in range(num_classes)]
-        if self.hand_groups is not None:
-            return resolve_groups(self.hand_groups, names)
+        cfg = self.config
+        if cfg.groups is not None:
+            return resolve_groups(cfg.groups, names)
         probs = torch.softmax(predict_logits(self.generalist, held_out_x), dim=1).numpy()
-        self.class_matrix_ = class_matrix(probs, self.matrix)
-        return cluster_classes(self.class_matrix_, self.n_specialists, self.clustering, self.overlap,
-                               self.min_group_size, self.seed)
+        self.class_matrix_ = class_matrix(probs, cfg.matrix)
+        return cluster_classes(self.class_matrix_, cfg.count, cfg.clustering, cfg.overlap, cfg.min_group_size,
+                               self.seed)
 
     def fit(self, train, val, test=None) -> "SpecialistEnsemble":
         splits = {"train": materialize(train, "train"), "val": materialize(val, "val")}
@@ -93,12 +91,12 @@ class SpecialistEnsemble:
         self.num_classes_ = int(predict_logits(self.generalist, splits["val"].x[:2]).shape[1])
         for name, split in splits.items():
             check_split(split, self.num_classes_, name)
-        if self.source not in splits:
-            raise ConfigError(f"specialists.source: no split named {self.source!r}")
+        if self.config.source not in splits:
+            raise ConfigError(f"specialists.source: no split named {self.config.source!r}")
         self.class_matrix_ = None
-        self.groups_ = self.choose_groups(splits[self.source].x, self.num_classes_)
+        self.groups_ = self.choose_groups(splits[self.config.source].x, self.num_classes_)
         generalist_state = {k: v.detach().cpu() for k, v in self.generalist.state_dict().items()}
-        identity = {"generalist": state_fingerprint(generalist_state), "head": self.head}
+        identity = {"generalist": state_fingerprint(generalist_state), "head": self.config.head}
         train_labels = splits["train"].y
         specs = []
         for m, group in enumerate(self.groups_):
@@ -106,7 +104,7 @@ class SpecialistEnsemble:
             if not 0 < natural_share < 1:
                 raise ConfigError(f"specialists: group {group} has no training examples inside or outside it")
             factory = partial(build_specialist, self.generalist_factory, generalist_state, group,
-                              dustbin_correction(natural_share), self.head)
+                              dustbin_correction(natural_share), self.config.head)
             specs.append(TrainSpec(
                 f"specialist_{m}", "specialist", factory, self.train_config, self.seed + m, self.jitter,
                 target_map=dustbin_target_map(group, self.num_classes_),
@@ -115,7 +113,9 @@ class SpecialistEnsemble:
                 identity=identity,
             ))
         data_fingerprint = fingerprint({name: s.fingerprint() for name, s in splits.items()})
-        fitted = fit_specs(specs, splits, data_fingerprint, self.num_classes_, self.options)
+        params = {"specialists": self.config.model_dump(mode="json")}
+        with api_tracking(self.options, "SpecialistEnsemble", params) as options:
+            fitted = fit_specs(specs, splits, data_fingerprint, self.num_classes_, options)
         self.results_, self.specialists_, self.run_ids_ = fitted.results, fitted.models, fitted.run_ids
         return self
 
@@ -127,8 +127,7 @@ class SpecialistEnsemble:
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """Eq. 5: the generalist's distribution, refined by the specialists its top-n classes activate."""
-        q, self.last_info_ = combine(*self.combination_inputs(x, batch_size), self.max_iter, self.tolerance,
-                                     self.solver)
+        q, self.last_info_ = combine(*self.combination_inputs(x, batch_size), **self.solver_options)
         return q
 
     @torch.no_grad()
@@ -142,7 +141,7 @@ class SpecialistEnsemble:
             raise RuntimeError("this SpecialistEnsemble is not fitted yet; call fit(train, val) first")
         generalist_probs = torch.softmax(predict_logits(self.generalist, x, batch_size), dim=1)
         groups = self._group_tensors()
-        active = active_specialists(generalist_probs, groups, self.top_n)
+        active = active_specialists(generalist_probs, groups, self.config.combine.top_n)
         specialist_probs = []
         for m, group in enumerate(groups):
             probs = torch.zeros(len(x), len(group) + 1)
@@ -155,12 +154,33 @@ class SpecialistEnsemble:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict_proba(x).argmax(dim=1)
 
-    def evaluate(self, test) -> dict:
+    # --- the Teacher protocol (ensemble.teacher) ---
+
+    def teacher_name(self) -> str:
+        return "specialists"
+
+    def online(self) -> nn.Module:
+        if not self.specialists_:
+            raise RuntimeError("this SpecialistEnsemble is not fitted yet; call fit(train, val) first")
+        return SpecialistOutputs(self.generalist, self.specialists_, self.groups_, self.config.combine.top_n,
+                                 **self.solver_options)
+
+    def cached_outputs(self, splits, temperature: float) -> None:
+        return None  # Eq. 5 depends on T, so its targets are computed when the student's T is known
+
+    def hint_module(self) -> nn.Module:
+        return self.generalist
+
+    def evaluate(self, test) -> Evaluation:
+        """Scores of the generalist alone and of the combination (Eq. 5); details: per class and by the number of
+        specialists covering the correct class (the paper's Table 4)."""
         split = materialize(test, "test")
         inputs = self.combination_inputs(split.x)  # one generalist pass serves both sides of the comparison
-        combined, self.last_info_ = combine(*inputs, self.max_iter, self.tolerance, self.solver)
-        return evaluate_combination(inputs[0], combined, split.y, self.groups_,
-                                    self.class_names or [str(c) for c in range(self.num_classes_)])
+        combined, self.last_info_ = combine(*inputs, **self.solver_options)
+        details = evaluate_combination(inputs[0], combined, split.y, self.groups_,
+                                       self.class_names or [str(c) for c in range(self.num_classes_)])
+        scores = {"generalist": Score.from_probs(inputs[0], split.y), "combined": Score.from_probs(combined, split.y)}
+        return Evaluation(scores, {"by_covering": details["by_covering"], "per_class": details["per_class"]})
 
 
 def evaluate_combination(generalist_probs, combined_probs, y, groups, class_names) -> dict:

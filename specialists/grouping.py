@@ -104,10 +104,8 @@ def plot_covariance(covariance: np.ndarray, groups: list[list[int]], class_names
 
     The colour scale is set by the off-diagonal entries (the diagonal saturates), which carry the confusions.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend is chosen or switched for the caller
+    from matplotlib.patches import Rectangle
 
     order, borders = [], []
     for group in groups:
@@ -116,15 +114,16 @@ def plot_covariance(covariance: np.ndarray, groups: list[list[int]], class_names
         borders.append(len(order))
     order += [c for c in range(len(class_names)) if c not in order]
     size = min(12, 3 + 0.35 * len(order))
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig = Figure(figsize=(size, size * 0.85))
+    ax = fig.subplots()
     off_diagonal = covariance - np.diag(np.diag(covariance))
     limit = np.abs(off_diagonal).max() or 1.0
     image = ax.imshow(covariance[np.ix_(order, order)], cmap="RdBu_r", vmin=-limit, vmax=limit)
     fig.colorbar(image, ax=ax, shrink=0.8)
     start = 0
     for end in borders:
-        ax.add_patch(matplotlib.patches.Rectangle((start - 0.5, start - 0.5), end - start, end - start,
-                                                  fill=False, edgecolor="black", linewidth=2))
+        ax.add_patch(Rectangle((start - 0.5, start - 0.5), end - start, end - start,
+                               fill=False, edgecolor="black", linewidth=2))
         start = end
     if len(order) <= 40:
         labels = [class_names[c] for c in order]

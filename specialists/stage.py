@@ -15,6 +15,7 @@ from ensemble.tracking import Tracker
 from .api import SpecialistEnsemble
 from .config import SpecialistsConfig
 from .grouping import plot_covariance, resolve_groups
+from .results import SpecialistRow, SpecialistsSection
 
 
 def check_section(section: SpecialistsConfig, data: DatasetSplits) -> None:
@@ -40,43 +41,26 @@ def run_specialist_stage(
         raise ConfigError("specialists: need a generalist; set generalist.enabled: true")
     stage_dir = output_dir / "specialists"
     specialists = SpecialistEnsemble(
-        ensemble.generalist_,
-        ensemble.generalist_factory,
-        n_specialists=section.count,
-        groups=section.groups,
-        clustering=section.clustering,
-        matrix=section.matrix,
-        overlap=section.overlap,
-        min_group_size=section.min_group_size,
-        source=section.source,
-        head=section.head,
-        train=section.train,
-        top_n=section.combine.top_n,
-        solver=section.combine.solver,
-        max_iter=section.combine.max_iter,
-        tolerance=section.combine.tolerance,
-        class_names=data.class_names,
-        seed=config.seed,
-        jitter=config.data.jitter,
+        ensemble.generalist_, section, generalist_factory=ensemble.generalist_factory,
+        class_names=data.class_names, seed=config.seed, jitter=config.data.jitter,
         **fit_options(config, section.resources, stage_dir, tracker, parent_run_id, show_progress),
     )
     specialists.fit(data.train, data.val, data.test)
     report = specialists.evaluate(data.test)
     groups = specialists.groups
-    summary = {
-        "groups": groups,
-        "group_names": [[data.class_names[c] for c in group] for group in groups],
-        "matrix": section.matrix if section.groups is None else "given by hand",
-        **report,
-        "combine": specialists.last_info_,
-        "members": [
-            {"name": r.name, "group": groups[i], "test_accuracy": r.metrics["test_accuracy"],
-             "val_accuracy": r.metrics["val_accuracy"], "epochs_trained": r.metrics["epochs_trained"],
-             "reused": r.reused, "resumed_from_epoch": r.resumed_from_epoch,
-             "mlflow_run_id": specialists.run_ids_.get(r.name)}
-            for i, r in enumerate(specialists.results_)
-        ],
-    }
+    summary = SpecialistsSection(
+        groups=groups, group_names=[[data.class_names[c] for c in group] for group in groups],
+        matrix=section.matrix if section.groups is None else "given by hand",
+        **{f"generalist_test_{key}": getattr(report["generalist"], key) for key in ("accuracy", "errors", "nll")},
+        **{f"test_{key}": getattr(report["combined"], key) for key in ("accuracy", "errors", "nll")},
+        by_covering=report.details["by_covering"], per_class=report.details["per_class"],
+        combine=specialists.last_info_,
+        members=[SpecialistRow(name=r.name, group=groups[i], test_accuracy=r.metrics["test_accuracy"],
+                               val_accuracy=r.metrics["val_accuracy"], epochs_trained=r.metrics["epochs_trained"],
+                               reused=r.reused, resumed_from_epoch=r.resumed_from_epoch,
+                               mlflow_run_id=specialists.run_ids_.get(r.name))
+                 for i, r in enumerate(specialists.results_)],
+    )
     _save_artifacts(specialists, summary, data.class_names, stage_dir, tracker, parent_run_id)
     return specialists, {"specialists": summary}
 
@@ -84,22 +68,20 @@ def run_specialist_stage(
 def _save_artifacts(specialists, summary, class_names, stage_dir: Path, tracker, parent_run_id) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
     groups_file = stage_dir / "groups.json"
-    groups_file.write_text(json.dumps({"groups": summary["groups"], "names": summary["group_names"]}, indent=2))
+    groups_file.write_text(json.dumps({"groups": summary.groups, "names": summary.group_names}, indent=2))
     files = [groups_file]
     if specialists.class_matrix_ is not None:
-        import matplotlib.pyplot as plt
-
-        figure = plot_covariance(specialists.class_matrix_, summary["groups"], class_names,
-                                 f"{specialists.matrix} of the generalist's predictions")
+        figure = plot_covariance(specialists.class_matrix_, summary.groups, class_names,
+                                 f"{specialists.config.matrix} of the generalist's predictions")
         heatmap = stage_dir / "class_matrix.png"
         figure.savefig(heatmap, dpi=110)
-        plt.close(figure)
         files.append(heatmap)
     if tracker is not None and parent_run_id:
         for path in files:
             tracker.log_artifact(parent_run_id, path, "specialists")
         tracker.log_metrics(parent_run_id, {
-            "specialists_test_accuracy": summary["test_accuracy"], "specialists_test_errors": summary["test_errors"],
-            "specialists_generalist_test_accuracy": summary["generalist_test_accuracy"],
-            "specialists_count": len(summary["groups"]), "eq5_iterations": summary["combine"]["iterations"],
+            "specialists_test_accuracy": summary.test_accuracy, "specialists_test_errors": summary.test_errors,
+            "specialists_test_nll": summary.test_nll,
+            "specialists_generalist_test_accuracy": summary.generalist_test_accuracy,
+            "specialists_count": len(summary.groups), "eq5_iterations": summary.combine["iterations"],
         })

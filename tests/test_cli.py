@@ -1,23 +1,10 @@
 """``distill ensemble`` end to end, as a user runs it: a real process, a real Ray, a real MLflow store."""
 
 import json
-import subprocess
-import sys
 
-from mlflow.tracking import MlflowClient
+from helpers import distill, runs_of
 
 QUICK = ["--set", "ensemble.train.epochs=3", "--no-progress"]
-
-
-def distill(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
-
-
-def runs_of(uri: str, experiment: str = "distill"):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
 def test_ensemble_command_writes_results_and_runs_then_reuses_them(tmp_path):

@@ -7,8 +7,6 @@ from scipy.optimize import minimize
 
 from specialists.combine import active_specialists, collapse_log_probs, combine, eq5_objective
 
-
-
 @pytest.fixture(autouse=True)
 def float64():
     """Tight comparisons need double precision; restored so other tests keep float32."""
@@ -46,24 +44,79 @@ def test_models_covering_every_class_combine_to_the_arithmetic_mean(solver):
     assert torch.allclose(q, expected, atol=1e-6)
 
 
-@SOLVERS
-def test_matches_scipy_on_a_small_case(solver):
-    rng = np.random.default_rng(1)
-    p_g = torch.softmax(torch.tensor(rng.normal(size=(1, 5))), 1)
-    groups = [torch.tensor([0, 1]), torch.tensor([1, 2, 3])]
-    p_ms = [torch.softmax(torch.tensor(rng.normal(size=(1, 3)) * 2), 1),
-            torch.softmax(torch.tensor(rng.normal(size=(1, 4)) * 2), 1)]
-    active = torch.ones(1, 2, dtype=torch.bool)
-    q, _ = combine(p_g, p_ms, groups, active, max_iter=5000, tolerance=1e-12, solver=solver)
+def _eq5_reference(q, p_g, p_ms, groups, active):
+    """Eq. 5 written out in numpy, per example: KL(p_g ‖ q) + Σ_{m active} KL(p_m ‖ [q_S_m, Σ_{j∉S_m} q_j])."""
+    def kl(p, r):
+        return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / r), 0.0).sum(axis=-1)
 
+    q = np.asarray(q, dtype=np.float64)
+    total = kl(np.asarray(p_g), q)
+    for m, (p_m, group) in enumerate(zip(p_ms, groups)):
+        outside = [j for j in range(q.shape[-1]) if j not in set(group)]
+        collapsed = np.concatenate([q[..., group], q[..., outside].sum(axis=-1, keepdims=True)], axis=-1)
+        total = total + np.asarray(active)[..., m] * kl(np.asarray(p_m), collapsed)
+    return total
+
+
+def _scipy_optimum(p_g, p_ms, groups, active):
+    """argmin over q = softmax(z) of the reference Eq. 5, by Nelder-Mead on z (one example)."""
     def f(z):
-        return float(eq5_objective(torch.tensor(z)[None], p_g, p_ms, groups, active))
+        q = np.exp(z - z.max())
+        return float(_eq5_reference(q / q.sum(), p_g, p_ms, groups, active))
 
-    best = minimize(f, np.log(p_g.numpy()[0]), method="Nelder-Mead",
+    best = minimize(f, np.log(p_g), method="Nelder-Mead",
                     options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 40000, "maxfev": 40000})
-    assert torch.allclose(q[0], torch.softmax(torch.tensor(best.x), 0), atol=1e-4)
-    assert f(np.log(q[0].numpy())) <= best.fun + 1e-9
-    assert not torch.allclose(q, p_g, atol=1e-3), "the specialists moved the answer"
+    q = np.exp(best.x - best.x.max())
+    return q / q.sum(), best.fun
+
+
+def test_eq5_objective_matches_the_reference():
+    rng = np.random.default_rng(2)
+    groups = [[0, 1], [1, 2, 3]]
+    p_g = torch.softmax(torch.tensor(rng.normal(size=(4, 5))), 1)
+    p_ms = [torch.softmax(torch.tensor(rng.normal(size=(4, len(g) + 1))), 1) for g in groups]
+    active = torch.tensor([[True, True], [True, False], [False, True], [False, False]])
+    z = torch.tensor(rng.normal(size=(4, 5)))
+    got = eq5_objective(z, p_g, p_ms, [torch.tensor(g) for g in groups], active)
+    reference = _eq5_reference(torch.softmax(z, 1).numpy(), p_g.numpy(), [p.numpy() for p in p_ms], groups,
+                               active.numpy())
+    assert np.allclose(got.numpy(), reference, atol=1e-12)
+
+
+@SOLVERS
+def test_matches_scipy_on_a_small_case_with_overlapping_specialists(solver):
+    """Classes {0, 1} and {1, 2, 3} overlap at 1; three examples with different active sets."""
+    rng = np.random.default_rng(1)
+    p_g = torch.softmax(torch.tensor(rng.normal(size=(3, 5))), 1)
+    groups = [[0, 1], [1, 2, 3]]
+    p_ms = [torch.softmax(torch.tensor(rng.normal(size=(3, 3)) * 2), 1),
+            torch.softmax(torch.tensor(rng.normal(size=(3, 4)) * 2), 1)]
+    active = torch.tensor([[True, True], [True, False], [False, True]])
+    q, _ = combine(p_g, p_ms, [torch.tensor(g) for g in groups], active, max_iter=5000, tolerance=1e-12,
+                   solver=solver)
+    for n in range(3):
+        rows = (p_g[n].numpy(), [p[n].numpy() for p in p_ms], groups, active[n].numpy())
+        best_q, best_value = _scipy_optimum(*rows)
+        assert np.allclose(q[n].numpy(), best_q, atol=1e-4), n
+        assert _eq5_reference(q[n].numpy(), *rows) <= best_value + 1e-9, n
+        assert not np.allclose(q[n].numpy(), rows[0], atol=1e-3), "the specialists moved the answer"
+
+
+@SOLVERS
+def test_one_specialist_has_a_closed_form_optimum(solver):
+    """One active specialist on S = {0, 1} of 4 classes: Eq. 5 is maximising
+    Σ_i p_g,i log q_i + Σ_{i∈S} p_m,i log q_i + p_m,dustbin log(q_2 + q_3), so by hand
+    q_i = (p_g,i + p_m,i) / 2 on S, and the outside mass (p_g,2 + p_g,3 + p_m,dustbin) / 2 is shared in the
+    ratio p_g,2 : p_g,3. Row 1: q = [0.45, 0.25, 0.3·¾, 0.3·¼]. Row 2: [0.35, 0.15, 0.5·⅝, 0.5·⅜].
+    Row 3's specialist is inactive: the generalist's answer stands.
+    """
+    p_g = torch.tensor([[0.4, 0.2, 0.3, 0.1], [0.1, 0.1, 0.5, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    p_m = torch.tensor([[0.5, 0.3, 0.2], [0.6, 0.2, 0.2], [0.9, 0.05, 0.05]])
+    active = torch.tensor([[True], [True], [False]])
+    q, info = combine(p_g, [p_m], [torch.tensor([0, 1])], active, max_iter=5000, tolerance=1e-12, solver=solver)
+    expected = torch.tensor([[0.45, 0.25, 0.225, 0.075], [0.35, 0.15, 0.3125, 0.1875], [0.25, 0.25, 0.25, 0.25]])
+    assert torch.allclose(q, expected, atol=1e-6)
+    assert info["optimised_examples"] == 2
 
 
 def test_em_lowers_the_objective_at_every_step_and_agrees_with_lbfgs():
@@ -75,7 +128,8 @@ def test_em_lowers_the_objective_at_every_step_and_agrees_with_lbfgs():
     values = []
     for steps in (1, 2, 4, 8, 16):
         q, _ = combine(p_g, p_ms, groups, active, max_iter=steps, tolerance=0.0, solver="em")
-        values.append(float(eq5_objective(q.log(), p_g, p_ms, groups, active).sum()))
+        values.append(float(_eq5_reference(q.numpy(), p_g.numpy(), [p.numpy() for p in p_ms],
+                                           [g.tolist() for g in groups], active.numpy()).sum()))
     assert all(later <= earlier + 1e-12 for earlier, later in zip(values, values[1:]))
     q_em, info = combine(p_g, p_ms, groups, active, max_iter=5000, tolerance=1e-12, solver="em")
     q_lbfgs, _ = combine(p_g, p_ms, groups, active, max_iter=1000, tolerance=1e-12, solver="lbfgs")

@@ -6,10 +6,13 @@ from torch import nn
 
 from distill.losses import LOSSES, TeacherOutputs, register_loss
 from distill.objective import DistillationObjective
-from distill.teachers import OnlineTeacher, TeacherCache, teacher_outputs
 from distill.transfer import SubsetSampler, choose_bias_shift, left_out_classes, shifted, transfer_indices
-from ensemble.errors import ConfigError, DataError
-from ensemble.soft_targets import ensemble_probs
+from ensemble.errors import ConfigError
+from ensemble.api import Ensemble
+from ensemble.data import Split
+from ensemble.teacher import as_teacher
+from ensemble.trainer import TrainResult
+from specialists.teacher import specialist_outputs
 
 
 @pytest.fixture
@@ -36,32 +39,79 @@ def test_cached_targets_are_looked_up_by_sample_index_under_shuffling(spy_loss):
     assert torch.equal(spy_loss[0].probs, probs[idx]) and torch.equal(spy_loss[0].logits, logits[idx])
 
 
-def test_online_and_cached_teachers_give_the_same_targets():
-    torch.manual_seed(0)
-    members = [nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) for _ in range(3)]
-    x = torch.randn(10, 1, 2, 2)
-    online = OnlineTeacher("ensemble", members=members, mean="geometric")(x, 3.0)
-    with torch.no_grad():
-        member_logits = torch.stack([m(x) for m in members])
-    cached = teacher_outputs("ensemble", {"members": member_logits}, 3.0, "geometric")
-    assert torch.allclose(online.probs, cached.probs) and torch.allclose(online.logits, cached.logits)
-    assert torch.allclose(cached.probs, ensemble_probs(member_logits, 3.0, "geometric"))
+def _constant_net(probs: list[list[float]]) -> nn.Module:
+    """A net whose logits are ``log probs`` for every row of a (N, 1) input: row r of the input is r."""
+    table = torch.log(torch.tensor(probs))
+    return nn.Sequential(nn.Flatten(), _Lookup(table))
 
 
-def test_specialist_teacher_without_active_specialists_is_the_tempered_generalist():
-    generalist = torch.tensor([[5.0, 0.0, 0.0, 0.0]])
-    out = teacher_outputs("specialists", {"generalist": generalist, "specialists": [torch.zeros(1, 3)]}, 2.0,
-                          groups=[[1, 2]])
-    assert torch.allclose(out.probs, torch.softmax(generalist / 2.0, 1))
+class _Lookup(nn.Module):
+    def __init__(self, table):
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def forward(self, x):
+        return self.table[x[:, 0].long()]
 
 
-def test_a_cache_for_other_data_is_refused(tmp_path):
-    cache = TeacherCache(TeacherOutputs(torch.ones(2, 2) / 2, torch.zeros(2, 2)), "abc")
-    cache.save(tmp_path / "cache.pt")
-    loaded = TeacherCache.load(tmp_path / "cache.pt")
-    loaded.check("abc")
-    with pytest.raises(DataError, match="made for another dataset or split"):
-        loaded.check("xyz")
+# Two members over 3 classes, two examples (the second mirrors the first); means worked out by hand.
+MEMBER_PROBS = [[[0.5, 0.25, 0.25], [0.25, 0.25, 0.5]], [[0.25, 0.25, 0.5], [0.5, 0.25, 0.25]]]
+ARITHMETIC_T1 = [[0.375, 0.25, 0.375]] * 2
+GEOMETRIC_T1 = [[0.3694, 0.2612, 0.3694]] * 2  # sqrt(p1 p2) = [.35355, .25, .35355], over their sum .95711
+ARITHMETIC_T2 = [[0.35355, 0.29289, 0.35355]] * 2  # each member: sqrt(p) / sum sqrt(p), then the mean
+
+
+def _fitted_ensemble(mean: str) -> tuple[Ensemble, Split]:
+    members = [_constant_net(p) for p in MEMBER_PROBS]
+    train = Split(torch.tensor([[0.0], [1.0]]), torch.tensor([0, 2]))
+    ens = Ensemble(members[0], {"members": 2, "mean": mean})
+    ens.members_ = members
+    ens.results_ = [TrainResult(f"member_{i}", "member", {}, {"train": m(train.x)}, [], {})
+                    for i, m in enumerate(members)]
+    ens.split_fingerprints_ = {"train": train.fingerprint()}
+    return ens, train
+
+
+@pytest.mark.parametrize("mean, temperature, expected", [("arithmetic", 1.0, ARITHMETIC_T1),
+                                                          ("geometric", 1.0, GEOMETRIC_T1),
+                                                          ("arithmetic", 2.0, ARITHMETIC_T2)])
+def test_the_ensemble_teaches_its_mean_online_and_from_its_cache(mean, temperature, expected):
+    ens, train = _fitted_ensemble(mean)
+    expected = torch.tensor(expected)
+    online = ens.online()(train.x, temperature)
+    cached = ens.cached_outputs([train], temperature)
+    for outputs in (online, cached):
+        assert torch.allclose(outputs.probs, expected, atol=1e-4)
+    at_t1 = torch.tensor(GEOMETRIC_T1 if mean == "geometric" else ARITHMETIC_T1)
+    assert torch.allclose(cached.logits, at_t1.log(), atol=1e-4)
+    other = Split(torch.tensor([[1.0], [0.0]]), torch.tensor([2, 0]))
+    assert ens.cached_outputs([other], temperature) is None, "another split has no cached rows"
+
+
+def test_the_specialist_teacher_solves_eq5_with_an_active_specialist():
+    # Row 0: the generalist's top class (0) is in the group {0, 1}, so the specialist is active. With one class
+    # outside the group, Eq. 5's optimum is the mean of p_g and the specialist's distribution with its dustbin on
+    # class 2: ([.5, .3, .2] + [.2, .6, .2]) / 2. Row 1: the top class (2) is outside, so q is the generalist's.
+    generalist = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]))
+    specialist = torch.log(torch.tensor([[0.2, 0.6, 0.2], [0.3, 0.3, 0.4]]))
+    out = specialist_outputs(generalist, [specialist], [[0, 1]], temperature=1.0)
+    expected = torch.tensor([[0.35, 0.45, 0.2], [0.1, 0.2, 0.7]])
+    assert torch.allclose(out.probs, expected, atol=1e-5)
+    assert torch.allclose(out.logits, expected.log(), atol=1e-5)
+    at_t2 = specialist_outputs(generalist, [specialist], [[0, 1]], temperature=2.0).probs[1]
+    root = torch.tensor([0.1, 0.2, 0.7]).sqrt()
+    assert torch.allclose(at_t2, root / root.sum(), atol=1e-5), "an inactive row is the tempered generalist"
+
+
+def test_a_plain_module_teaches_its_softmax():
+    net = _constant_net([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
+    teacher = as_teacher(net)
+    out = teacher.online()(torch.tensor([[0.0], [1.0]]), 2.0)
+    root = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]).sqrt()
+    assert torch.allclose(out.probs, root / root.sum(1, keepdim=True), atol=1e-6)
+    assert teacher.cached_outputs([], 2.0) is None and teacher.hint_module() is net
+    with pytest.raises(TypeError, match="Teacher protocol"):
+        as_teacher("not a teacher")
 
 
 def test_transfer_sets():

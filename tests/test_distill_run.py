@@ -2,16 +2,17 @@
 
 import json
 
+import mlflow.pytorch
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from distill import Distiller
+from distill.export import mlflow_uri_scope
 from ensemble import Ensemble
 from ensemble.errors import DataError, ModelError
 
-from conftest import quick_train, small_mlp_factory
-from test_cli import distill
+from helpers import distill, quick_train, small_mlp_factory
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,11 @@ def test_distiller_trains_student_and_baseline_and_exports(teacher, digits, tmp_
                   output_dir=tmp_path, show_progress=False, use_cache=True)
     d.fit(digits.train, digits.val, digits.test)
     assert [r.name for r in d.results_] == ["student", "student_baseline"]
+    assert not d.objective_.describe()["online"] and d.objective_.cache is not None, "targets came from the cache"
     assert {"train_soft", "train_hard"} <= set(d.results_[0].history[0]), "each loss term is logged"
     assert set(d.results_[1].history[0]) >= {"train_hard"} and "train_soft" not in d.results_[1].history[0]
     report = d.evaluate(digits.test)
-    assert report["student"]["accuracy"] > 0.7 and report["baseline"]["accuracy"] > 0.5
+    assert report["student"].accuracy > 0.7 and report["baseline"].accuracy > 0.5
     path = d.export(tmp_path / "student.pt")
     loaded = torch.jit.load(str(path))
     x = digits.test.x[:33]
@@ -46,6 +48,7 @@ def test_augmented_inputs_use_the_online_teacher(teacher, digits, tmp_path):
     # One pixel of jitter on 8x8 digits is a strong augmentation: a few epochs learn well above chance (0.1).
     d = Distiller(teacher, _student(digits), jitter=1, train=quick_train(4), output_dir=tmp_path, show_progress=False)
     d.fit(digits.train, digits.val, digits.test)
+    assert d.objective_.describe()["online"] and d.objective_.cache is None, "the teacher ran on each batch"
     student = d.results_[0]
     assert student.metrics["test_accuracy"] > 0.25
     assert {"train_soft", "train_hard"} <= set(student.history[0])
@@ -55,7 +58,7 @@ def test_augmented_inputs_use_the_online_teacher(teacher, digits, tmp_path):
 def test_a_stale_teacher_cache_is_an_error(teacher, digits, tmp_path):
     other = torch.utils.data.TensorDataset(digits.train.x[:100], digits.train.y[:100])
     d = Distiller(teacher, _student(digits), use_cache=True, output_dir=tmp_path, show_progress=False)
-    with pytest.raises(DataError, match="made for another dataset or split"):
+    with pytest.raises(DataError, match="no outputs cached for this transfer data"):
         d.fit(other, digits.val)
 
 
@@ -71,12 +74,26 @@ def test_left_out_class_gets_a_bias_shift_chosen_on_validation(teacher, digits, 
     d.fit(digits.train, digits.val, digits.test)
     assert not (digits.train.y[d.transfer_indices_] == 3).any()
     report = d.evaluate(digits.test)
-    assert report["bias_shift"] >= 0
-    assert report["left_out_errors"] <= report["left_out_errors_before_shift"]
-    assert report["left_out_examples"] == int((digits.test.y == 3).sum())
+    assert report.details["bias_shift"] >= 0
+    assert report.details["left_out_errors"] <= report.details["left_out_errors_before_shift"]
+    assert report.details["left_out_examples"] == int((digits.test.y == 3).sum())
 
 
-def test_run_command_end_to_end_then_skips_finished_stages(tmp_path):
+def _check_the_exported_student(student: dict, digits, uri: str) -> None:
+    """The TorchScript file reproduces the test errors the pipeline reported for the eager student, and the outputs
+    of the student registered in MLflow (a separate ``torch.export`` of the same eager model)."""
+    loaded = torch.jit.load(student["export_path"])
+    x = digits.test.x[:33]
+    with torch.no_grad():
+        logits = loaded(digits.test.x)
+        assert logits.shape == (len(digits.test.y), digits.num_classes)
+        assert int((logits.argmax(1) != digits.test.y).sum()) == student["test_errors"]
+        with mlflow_uri_scope(uri):
+            registered = mlflow.pytorch.load_model("models:/distilled-student/1")
+        torch.testing.assert_close(loaded(x), registered(x), atol=1e-5, rtol=1e-5)
+
+
+def test_run_command_end_to_end_then_skips_finished_stages(tmp_path, digits):
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     args = ["--output-dir", str(out), "--tracking-uri", uri, "--no-progress", "--set", "ensemble.members=2",
             "--set", "ensemble.train.epochs=3", "--set", "specialists.train.epochs=2",
@@ -89,7 +106,7 @@ def test_run_command_end_to_end_then_skips_finished_stages(tmp_path):
     for key in ("test_accuracy", "test_errors", "baseline_test_accuracy", "baseline_test_errors", "export_path",
                 "params"):
         assert key in student
-    assert torch.jit.load(student["export_path"]) is not None
+    _check_the_exported_student(student, digits, uri)
     spec = results["specialists"]
     assert spec["groups"] and all(isinstance(c, int) for g in spec["groups"] for c in g)
     assert 0 < spec["generalist_test_accuracy"] <= 1 and 0 < spec["test_accuracy"] <= 1

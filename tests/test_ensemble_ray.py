@@ -9,7 +9,7 @@ from ensemble import Ensemble, Tracker
 from ensemble.errors import ModelError, ResourceError
 from ensemble.soft_targets import ensemble_probs
 
-from conftest import quick_train, small_mlp_factory
+from helpers import quick_train, small_mlp_factory
 
 pytestmark = pytest.mark.usefixtures("ray_cpu")
 
@@ -34,9 +34,10 @@ def test_members_differ_and_the_ensemble_scores(fitted, digits):
     w0, w1 = (dict(m.named_parameters())["1.weight"] for m in ens.members_[:2])
     assert not torch.equal(w0, w1), "members get different seeds"
     report = ens.evaluate(digits.test)
-    assert report["arithmetic"]["accuracy"] > 0.85 and report["geometric"]["accuracy"] > 0.85
-    assert len(report["members"]) == 3 and "generalist" in report
-    assert report["arithmetic"]["errors"] == round((1 - report["arithmetic"]["accuracy"]) * len(digits.test))
+    assert report["arithmetic"].accuracy > 0.85 and report["geometric"].accuracy > 0.85
+    assert set(report.scores) == {"member_0", "member_1", "member_2", "arithmetic", "geometric", "generalist"}
+    assert report["arithmetic"].errors == round((1 - report["arithmetic"].accuracy) * len(digits.test))
+    assert 0 < report["member_0"].nll < 1, "the NLL of a trained member, in nats"
 
 
 def test_predict_proba_is_the_mean_of_member_softmaxes(fitted, digits):

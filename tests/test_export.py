@@ -24,7 +24,7 @@ def _mlp() -> nn.Module:
 
 
 @pytest.mark.parametrize("name, params", [("mlp", {"hidden": [16]}), ("cnn", None)])
-def test_torchscript_round_trip_matches_eager_on_another_batch_size(tmp_path, name, params):
+def test_torchscript_round_trip_matches_eager_on_another_batch_size(tmp_path, digits, name, params):
     torch.manual_seed(0)
     model = build_model(name, SHAPE, 10, params)
     path = export_torchscript(model, torch.randn(4, *SHAPE), tmp_path / "nested" / f"{name}.pt")
@@ -32,9 +32,12 @@ def test_torchscript_round_trip_matches_eager_on_another_batch_size(tmp_path, na
     assert model.training, "the caller's model must not be switched to eval mode"
 
     loaded = torch.jit.load(str(path))
-    fresh = torch.randn(7, *SHAPE)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(fresh), model.eval()(fresh), atol=1e-5, rtol=1e-5)
+    for batch in (torch.randn(7, *SHAPE), digits.test.x[:33]):  # batch sizes the trace never saw; real images
+        with torch.no_grad():
+            got, expected = loaded(batch), model.eval()(batch)
+        assert got.shape == (len(batch), 10)
+        assert not torch.allclose(got[0], got[1]), "rows differ, so a broadcast first row would fail"
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     summary = model_summary(model, path)
     assert summary == {"params": count_parameters(model), "file_bytes": path.stat().st_size}
     assert summary["file_bytes"] > 4 * summary["params"]  # float32 weights are in the file

@@ -13,7 +13,7 @@ import torch
 from ensemble.runner import TrainerActor, put_splits
 from ensemble.trainer import Trainer, TrainSpec
 
-from conftest import quick_train, small_mlp_factory
+from helpers import quick_train, small_mlp_factory
 
 pytestmark = pytest.mark.usefixtures("ray_cpu")
 EPOCHS = 12

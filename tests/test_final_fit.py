@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from conftest import quick_train, small_mlp_factory
+from helpers import quick_train, small_mlp_factory
 from distill.api import Distiller
 from distill.transfer import SubsetSampler
 from ensemble.api import Ensemble
@@ -64,7 +64,7 @@ def test_a_distilled_student_retrains_on_its_transfer_rows_of_train_and_val(digi
     factory = small_mlp_factory(digits.input_shape, digits.num_classes)
     teacher = Ensemble(factory, n_members=1, train=quick_train(2), output_dir=tmp_path / "teacher", in_process=True)
     teacher.fit(digits.train, digits.val, digits.test)
-    distiller = Distiller(teacher, factory, temperature=4, train=_train(2), omit_classes=[3],
+    distiller = Distiller(teacher, factory, temperature=4, train=_train(2), omit_classes=[3], baseline=False,
                           output_dir=tmp_path / "student", in_process=True)
     distiller.fit(digits.train, digits.val, digits.test)
 

@@ -7,7 +7,7 @@ from ensemble import Ensemble
 from ensemble.errors import ResourceError
 from ensemble.runner import TrainerActor, check_feasible, Resources
 
-from conftest import quick_train, small_mlp_factory, start_ray
+from helpers import quick_train, small_mlp_factory, start_ray
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ from ensemble.models import MaxNormLinear, build_model
 from ensemble.trainer import TrainSpec
 from specialists.dustbin import GroupSampler
 
-from conftest import quick_train
+from helpers import quick_train
 
 SHAPE = (1, 4, 4)
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers import distill
 from servers import mlflow_server
-from test_cli import distill
 
 
 @pytest.fixture(scope="module")

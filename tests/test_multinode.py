@@ -14,7 +14,7 @@ from ray.util.state import list_actors
 
 from ensemble.api import Ensemble
 
-from conftest import quick_train, small_mlp_factory
+from helpers import quick_train, small_mlp_factory
 
 # Node death is noticed after a few missed health checks; the defaults (several seconds each) make tests slow.
 FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,

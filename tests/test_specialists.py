@@ -96,6 +96,45 @@ def test_kmeans_on_the_columns_recovers_blocks_of_confusable_classes():
         cluster_classes(matrix, count=7)
 
 
+# Four predictions over three classes; column means 0.35, 0.3, 0.35, so the deviations are
+# [0.15, 0.35, −0.25, −0.25], [0.2, 0, −0.2, 0], [−0.35, −0.35, 0.45, 0.25]. Sample covariance (÷ N − 1 = 3):
+HAND_PROBS = np.array([[0.5, 0.5, 0.0], [0.7, 0.3, 0.0], [0.1, 0.1, 0.8], [0.1, 0.3, 0.6]])
+HAND_COVARIANCE = np.array([[0.27, 0.08, -0.35], [0.08, 0.08, -0.16], [-0.35, -0.16, 0.51]]) / 3
+
+
+def test_covariance_of_the_predictions_matches_a_hand_computed_matrix():
+    """Paper §5.3: the covariance of the predicted class probabilities (rows are examples, columns classes)."""
+    got = class_matrix(HAND_PROBS, "covariance")
+    assert got.shape == (3, 3)
+    np.testing.assert_allclose(got, HAND_COVARIANCE, atol=1e-12)
+    np.testing.assert_allclose(got.sum(axis=1), 0.0, atol=1e-12)  # rows of probabilities sum to 1
+    # The default, unit-diagonal form: c_ij / sqrt(c_ii c_jj).
+    c = HAND_COVARIANCE
+    expected = np.array([[c[i, j] / math.sqrt(c[i, i] * c[j, j]) for j in range(3)] for i in range(3)])
+    np.testing.assert_allclose(class_matrix(HAND_PROBS), expected, atol=1e-12)
+
+
+def test_kmeans_recovers_the_blocks_of_a_block_structured_matrix():
+    """Columns alike within {0, 3}, {1, 4, 6}, {2, 5, 7} (not contiguous, so index order cannot fake it)."""
+    blocks = [[0, 3], [1, 4, 6], [2, 5, 7]]
+    matrix = np.full((8, 8), -0.1)
+    for block in blocks:
+        matrix[np.ix_(block, block)] = 1.0
+    assert sorted(cluster_classes(matrix, count=3, seed=0)) == blocks
+
+
+def test_kmeans_on_the_paper_covariance_groups_confusable_classes():
+    """Predictions that mix within {0, 3, 4} or within {1, 2, 5}: same-block covariances are positive (1/72
+    in expectation), cross-block ones negative (−1/36), so the covariance columns form two clusters."""
+    rng = np.random.default_rng(0)
+    rows = np.zeros((400, 6))
+    for row in rows:
+        members = [[0, 3, 4], [1, 2, 5]][rng.choice(2)]
+        row[members] = rng.dirichlet(np.ones(3))
+    covariance = class_matrix(rows, "covariance")
+    assert sorted(cluster_classes(covariance, count=2, seed=0)) == [[0, 3, 4], [1, 2, 5]]
+
+
 def test_hand_given_groups_are_checked():
     names = [str(c) for c in range(10)]
     assert resolve_groups([[3, "5", 8]], names) == [[3, 5, 8]]

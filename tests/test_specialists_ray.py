@@ -9,8 +9,8 @@ from ensemble.errors import ConfigError
 from ensemble.trainer import Trainer, TrainSpec
 from specialists import SpecialistEnsemble
 
-from conftest import quick_train, small_mlp_factory
-from test_cli import distill, runs_of
+from helpers import quick_train, small_mlp_factory
+from helpers import distill, runs_of
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def fitted(ray_cpu, weak_generalist, digits, tmp_path_factory):
     tracker = Tracker(f"sqlite:///{out}/mlflow.db", "spec-test")
     parent = tracker.start_run("parent")
     model, factory = weak_generalist
-    spec = SpecialistEnsemble(model, factory, n_specialists=3, train=quick_train(4, optimizer={"lr": 0.02}),
+    spec = SpecialistEnsemble(model, generalist_factory=factory, count=3, train=quick_train(4, optimizer={"lr": 0.02}),
                               output_dir=out, tracker=tracker, parent_run_id=parent, show_progress=False)
     spec.fit(digits.train, digits.val, digits.test)
     tracker.end_run(parent)
@@ -49,12 +49,13 @@ def test_groups_partition_confusable_classes(fitted):
 def test_specialists_fix_some_of_the_generalists_errors(fitted, digits):
     spec, *_ = fitted
     report = spec.evaluate(digits.test)
-    assert report["generalist_test_errors"] > 20, "the generalist is weak enough to leave something to fix"
-    assert report["test_errors"] < report["generalist_test_errors"]
-    rows = report["by_covering"]
+    generalist, combined = report["generalist"].errors, report["combined"].errors
+    assert generalist > 20, "the generalist is weak enough to leave something to fix"
+    assert combined < generalist
+    rows = report.details["by_covering"]
     assert sum(r["examples"] for r in rows) == len(digits.test)
-    assert sum(r["delta_correct"] for r in rows) == report["generalist_test_errors"] - report["test_errors"]
-    assert sum(c["combined_errors"] for c in report["per_class"]) == report["test_errors"]
+    assert sum(r["delta_correct"] for r in rows) == generalist - combined
+    assert sum(c["combined_errors"] for c in report.details["per_class"]) == combined
 
 
 def test_predict_proba_is_a_distribution_and_inactive_rows_keep_the_generalist(fitted, digits):

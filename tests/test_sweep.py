@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -34,13 +35,18 @@ def test_every_trial_is_validated_before_anything_trains():
     assert (trial.student.temperature, trial.student.alpha, trial.student.baseline) == (8, 0.1, False)
 
 
-def test_a_3x3_sweep_runs_on_tune_with_one_mlflow_run_per_trial(ray_cpu, tmp_path, capsys):
+def test_a_3x3_sweep_runs_on_tune_with_one_mlflow_run_per_trial(ray_cpu, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     code = main(["sweep", "--output-dir", str(out), "--tracking-uri", uri, "--no-progress",
                  "--grid", "student.temperature=1,4,20", "--grid", "student.alpha=0.1,0.5,0.9",
                  "--set", "ensemble.members=1", "--set", "ensemble.train.epochs=2", "--set", "generalist.enabled=false",
                  "--set", "student.train.epochs=2"])
     assert code == 0, capsys.readouterr().err
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ, "the sweep changed the caller's environment"
+    # MLflow is the record: Tune's own CSV, JSON and TensorBoard loggers stay out.
+    tune_files = [p.name for p in (out / "tune").rglob("*") if p.is_file()]
+    assert tune_files and not [n for n in tune_files if n in {"progress.csv", "result.json"} or "tfevents" in n]
     sweep = json.loads((out / "results.json").read_text())["sweep"]
     assert len(sweep["trials"]) == 9
     assert {(t["student.temperature"], t["student.alpha"]) for t in sweep["trials"]} == {

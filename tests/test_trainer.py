@@ -9,7 +9,7 @@ from ensemble.checkpoint import CheckpointDir
 from ensemble.errors import CheckpointError, TrainingDiverged
 from ensemble.trainer import Trainer, TrainSpec
 
-from conftest import quick_train, small_mlp_factory
+from helpers import quick_train, small_mlp_factory
 
 
 class Interrupt(Exception):

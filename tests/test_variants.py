@@ -19,7 +19,7 @@ from ensemble.api import Ensemble
 from ensemble.errors import ConfigError
 from ensemble.models import build_model
 
-from conftest import quick_train, small_mlp_factory
+from helpers import quick_train, small_mlp_factory
 
 
 def test_hint_loss_is_half_the_squared_distance_summed_over_features_batch_mean():
@@ -134,10 +134,10 @@ def test_fitnets_trains_a_hint_stage_then_distils_from_it(small_teacher, digits,
     distiller = Distiller(small_teacher, student, temperature=4, alpha=0.9, train=quick_train(3), method="fitnets",
                           fitnets={"hint_layer": "2", "guided_layer": "2", "epochs": 3}, in_process=True,
                           output_dir=tmp_path).fit(digits.train, digits.val, digits.test)
-    hints = [r["train_hint"] for r in distiller.hint_result_.history]
+    hints = [r["train_hint"] for r in distiller.stage_results_["student_hint"].history]
     assert len(hints) == 3 and hints[-1] < hints[0], "the hint loss falls in stage 1"
     assert "train_soft" in distiller.results_[0].history[0]
-    assert distiller.evaluate(digits.test)["student"]["accuracy"] > 0.5
+    assert distiller.evaluate(digits.test)["student"].accuracy > 0.5
 
 
 @pytest.mark.parametrize("variant", ["pretrained", "gan", "wgan"])
@@ -150,4 +150,4 @@ def test_adversarial_variants_train_a_student_and_log_each_term(variant, small_t
     assert {"train_hard", "train_adversarial"} <= set(last)
     assert last["train_loss"] == pytest.approx(last["train_hard"] + last["train_adversarial"])
     assert ("train_discriminator" in last) == (variant != "pretrained"), "frozen after pre-training"
-    assert distiller.evaluate(digits.test)["student"]["accuracy"] > 0.5
+    assert distiller.evaluate(digits.test)["student"].accuracy > 0.5

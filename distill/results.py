@@ -1,0 +1,99 @@
+"""``results.json``: typed sections written by each stage and read back typed by the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+
+from ensemble.results import EnsembleSection, ModelRow, Record
+from specialists.results import SpecialistsSection
+
+
+class StudentSection(Record):
+    test_accuracy: float
+    test_errors: int
+    test_nll: float
+    teacher: str
+    teacher_test_accuracy: float
+    teacher_test_errors: int
+    teacher_test_nll: float
+    temperature: float
+    alpha: float
+    loss: str
+    method: str
+    mean: str | None = None
+    transfer_examples: int
+    export_path: str
+    file_bytes: int
+    params: int
+    teacher_params: int
+    latency_ms_per_batch: float
+    teacher_latency_ms_per_batch: float
+    latency_batch_size: int
+    epochs_trained: int
+    reused: bool
+    resumed_from_epoch: int
+    mlflow_run_id: str | None = None
+    curves: dict[str, list[float]] = Field(default_factory=dict)
+    registered_name: str | None = None
+    registered_version: str | None = None
+    model_uri: str | None = None
+    # the same student on hard labels (student.baseline)
+    baseline_test_accuracy: float | None = None
+    baseline_test_errors: int | None = None
+    baseline_test_nll: float | None = None
+    baseline_mlflow_run_id: str | None = None
+    baseline_curves: dict[str, list[float]] | None = None
+    # classes the transfer set left out, and what the bias shift chosen on validation did on the test set
+    left_out_classes: list[int] | None = None
+    bias_shift: float | None = None
+    test_errors_before_shift: int | None = None
+    test_accuracy_before_shift: float | None = None
+    left_out_test_examples: int | None = None
+    left_out_test_errors_before_shift: int | None = None
+    left_out_test_errors: int | None = None
+
+
+class SummaryRow(Record):
+    model: str
+    test_accuracy: float
+    test_errors: int
+    test_nll: float | None = None
+    params: int
+    latency_ms: float | None = None
+
+
+class MlflowSection(Record):
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+class SweepSection(Record):
+    grid: dict[str, list]
+    selection_metric: str
+    trials: list[dict]
+    best: dict
+    plots: list[str]
+
+
+class Results(Record):
+    """Every section a run may leave; a partial run (``distill ensemble``) leaves the later ones unset."""
+
+    ensemble: EnsembleSection | None = None
+    generalist: ModelRow | None = None
+    specialists: SpecialistsSection | None = None
+    student: StudentSection | None = None
+    sweep: SweepSection | None = None
+    mlflow: MlflowSection | None = None
+    summary: list[SummaryRow] | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> "Results":
+        return cls.model_validate_json(Path(path).read_text())
+
+    def to_json(self) -> dict:
+        return json.loads(self.model_dump_json(exclude_none=True))
+

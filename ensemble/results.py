@@ -1,0 +1,59 @@
+"""Typed sections of ``results.json`` written by the ensemble stage; later stages add theirs beside them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    """A results section: validated when written and when read back, so a renamed key fails loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Trained(Record):
+    """Whether a model was trained now, resumed from a checkpoint, or reused finished from disk."""
+
+    reused: bool = False
+    resumed_from_epoch: int = 0
+
+    @property
+    def status(self) -> str:
+        if self.reused:
+            return "reused"
+        return f"resumed at {self.resumed_from_epoch}" if self.resumed_from_epoch else "trained"
+
+
+class ModelRow(Trained):
+    """One trained model: its test and validation scores, how it got there, where it is tracked."""
+
+    name: str
+    test_accuracy: float
+    test_errors: int
+    test_nll: float | None = None
+    val_accuracy: float
+    epochs_trained: int
+    best_epoch: int
+    mlflow_run_id: str | None = None
+    curves: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class EnsembleSection(Record):
+    """The members, and the ensemble under both means; ``test_*`` repeat the configured ``mean``'s scores."""
+
+    members: list[ModelRow]
+    mean: str
+    test_accuracy_arithmetic: float
+    test_errors_arithmetic: int
+    test_nll_arithmetic: float | None = None
+    test_accuracy_geometric: float
+    test_errors_geometric: int
+    test_nll_geometric: float | None = None
+    test_accuracy: float
+    test_errors: int
+    test_nll: float | None = None
+
+    def score(self, mean: str) -> tuple[float, int, float | None]:
+        """(accuracy, errors, NLL) under ``mean``."""
+        return getattr(self, f"test_accuracy_{mean}"), getattr(self, f"test_errors_{mean}"), \
+            getattr(self, f"test_nll_{mean}")

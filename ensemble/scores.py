@@ -1,0 +1,48 @@
+"""What every ``evaluate`` returns: one :class:`Score` per model (accuracy, errors, NLL), plus the stage's extras."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Score:
+    accuracy: float
+    errors: int
+    nll: float  # mean negative log-likelihood of the true class, in nats
+    examples: int
+
+    @classmethod
+    def from_log_probs(cls, log_probs: torch.Tensor, y: torch.Tensor) -> "Score":
+        """``accuracy = mean[argmax = y]``, ``nll = −mean log p(y)``, over the N rows."""
+        n = len(y)
+        correct = int((log_probs.argmax(dim=1) == y).sum())
+        nll = float(-log_probs.gather(1, y[:, None]).mean()) if n else float("nan")
+        return cls(correct / max(1, n), n - correct, nll, n)
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, y: torch.Tensor) -> "Score":
+        return cls.from_log_probs(torch.log_softmax(logits.float(), dim=1), y)
+
+    @classmethod
+    def from_probs(cls, probs: torch.Tensor, y: torch.Tensor) -> "Score":
+        return cls.from_log_probs(torch.log(probs.float().clamp_min(1e-30)), y)
+
+
+@dataclass
+class Evaluation:
+    """``scores``: model name -> :class:`Score`; ``details``: what the stage adds (per class, bias shift, ...)."""
+
+    scores: dict[str, Score]
+    details: dict = field(default_factory=dict)
+
+    def __getitem__(self, model: str) -> Score:
+        return self.scores[model]
+
+    def __contains__(self, model: str) -> bool:
+        return model in self.scores
+
+    def to_dict(self) -> dict:
+        return {"scores": {name: asdict(score) for name, score in self.scores.items()}, "details": self.details}
