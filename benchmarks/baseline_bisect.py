@@ -100,8 +100,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", nargs="*", default=["bare", "trainer", "trainer_split"])
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     raw = raw_mnist()
     split = load_dataset("mnist", str(REPO.parent / "shared" / "data"), val_size=0.01, seed=0)
     pipeline_split = {"train": split.train, "test": split.test}
@@ -109,6 +112,8 @@ def main() -> None:
                 "trainer_split": lambda s: through_trainer(pipeline_split, args.epochs, s)}
     rows = {}
     for name, run in variants.items():
+        if name not in args.variants:
+            continue
         runs = []
         for seed in args.seeds:
             started = time.perf_counter()
@@ -119,8 +124,9 @@ def main() -> None:
     print("\n| variant | test errors per seed | mean ± std |\n|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {', '.join(map(str, row['errors']))} | {row['mean']:.1f} ± {row['std']:.1f} |")
-    OUT.write_text(json.dumps({"epochs": args.epochs, "seeds": args.seeds, "variants": rows,
-                               "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")
+    record = {"epochs": args.epochs, "seeds": args.seeds, "threads": args.threads, "variants": rows,
+              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from paper_experiments import OUT, STUDENT_WIDTHS, TEMPERATURES  # noqa: E402
 from recipe_report import recipe_section  # noqa: E402
+from scale_report import scale_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "benchmarks" / "results"
@@ -441,8 +442,8 @@ def machine_line() -> str:
 
 
 def main() -> None:
-    sections = [headline(), recipe_section(), ensemble_teacher(), transfer_sets(), regulariser(), temperature_grid(), specialists(),
-                variants(), sweep()]
+    sections = [headline(), recipe_section(), ensemble_teacher(), transfer_sets(), regulariser(), temperature_grid(),
+                specialists(), variants(), sweep(), scale_section()]
     total = sum(wall for _, wall in sections) / 60
     body = [HEADER.format(total_minutes=total, machine=machine_line())]
     body += [text for text, _ in sections]

@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from ensemble.config import Section
+from ensemble.errors import ConfigError
 from ensemble.objectives import Objective
 
 from .losses import TeacherOutputs, hard_label_ce
@@ -178,6 +179,9 @@ class Adversarial(Method):
     Options = AdversarialConfig
 
     def plan(self, context: MethodContext, distillation) -> MethodPlan:
+        if distillation.cache is not None and not isinstance(distillation.cache, TeacherOutputs):
+            raise ConfigError("student.method: adversarial needs the teacher's logits in memory; set "
+                              "student.cache.store: memory and unset student.cache.top_k")
         objective = AdversarialObjective(context.num_classes, **self.options.model_dump(),
                                          teacher_id=distillation.teacher_id, cache=distillation.cache,
                                          teacher=distillation.teacher)

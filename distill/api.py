@@ -18,6 +18,7 @@ from ensemble.teacher import TeacherOutputs, as_teacher, outputs_in_batches
 from ensemble.trainer import TrainResult, TrainSpec, predict_logits
 from specialists.dustbin import find_head
 
+from .cache import write_targets
 from .config import StudentConfig
 from .export import export_torchscript
 from .method import METHODS, MethodContext, build_method
@@ -95,9 +96,28 @@ class Distiller:
             # The teacher's weights name it, so a retrained teacher never reuses a student distilled from the old one.
             return DistillationObjective(cfg.loss, cfg.temperature, cfg.alpha, teacher=online,
                                          teacher_id=f"{name}:{state_fingerprint(online.state_dict())}")
-        cache = self.teacher_cache(splits["train"], splits["val"] if self.train_config.final_fit else None)
+        val = splits["val"] if self.train_config.final_fit else None
+        if cfg.cache.store == "disk" or cfg.cache.top_k:
+            cache, teacher_id = self._targets_on_disk(splits["train"], val)
+            return DistillationObjective(cfg.loss, cfg.temperature, cfg.alpha, cache=cache, teacher_id=teacher_id)
+        cache = self.teacher_cache(splits["train"], val)
         return DistillationObjective(cfg.loss, cfg.temperature, cfg.alpha, cache=cache,
                                      teacher_id=cached_teacher_id(name, cache))
+
+    def _targets_on_disk(self, train: Split, val: Split | None):
+        """The teacher run over the transfer data batch by batch into memory-mapped shards (top-K when asked),
+        named by everything that defines them: the teacher's weights and settings, T, K, the data."""
+        cfg, online = self.config, self.teacher.online()
+        plain = (str, int, float, list, dict)
+        settings = {k: v for k, v in vars(online).items() if not k.startswith("_") and isinstance(v, plain)}
+        identity = fingerprint({"teacher": self.teacher.teacher_name(), "settings": settings,
+                                "weights": state_fingerprint(online.state_dict()), "temperature": cfg.temperature,
+                                "top_k": cfg.cache.top_k, "data": [s.fingerprint() for s in (train, val) if s]})
+        x = train.x if val is None else torch.cat([train.x, val.x])
+        batches = (online(x[i : i + 4096], cfg.temperature) for i in range(0, len(x), 4096))
+        folder = Path(self.options.output_dir) / "teacher_targets" / identity
+        targets = write_targets(folder, batches, len(x), cfg.cache.top_k, cfg.cache.rows_per_shard)
+        return targets, f"{self.teacher.teacher_name()}:{identity}"
 
     # --- training ---
 

@@ -23,6 +23,14 @@ class TransferConfig(Section):
     only_classes: list[int] | None = Field(None, description="keep only these classes (the paper's 7s and 8s)")
 
 
+class CacheConfig(Section):
+    store: Literal["memory", "disk"] = Field("memory", description="the teacher's targets in RAM, or as memory-mapped "
+                                             "shards under output_dir read a batch at a time (data beyond RAM)")
+    top_k: int | None = Field(None, gt=0, description="keep each example's top K teacher probabilities and the rest's "
+                              "mass (many classes; see distill/topk.py for what the loss then computes)")
+    rows_per_shard: int = Field(65536, gt=0, description="examples per shard file (store: disk)")
+
+
 class StudentConfig(Section):
     enabled: bool = True
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", params={"hidden": [32]}))
@@ -37,6 +45,7 @@ class StudentConfig(Section):
         default_factory=dict, description="each method's settings, written in YAML under its name: student.fitnets")
     baseline: bool = Field(True, description="also train the same student on hard labels alone")
     jitter: int = Field(0, ge=0, description="augment the student's inputs; the teacher then runs online")
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)

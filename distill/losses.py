@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from ensemble.errors import ConfigError
 from ensemble.teacher import TeacherOutputs
 
+from .topk import topk_soft_target_kl
+
 
 def soft_target_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """``T² · KL(p_T ‖ q_T)``, batch mean, with p_T the teacher's soft targets and q_T = softmax(z / T).
@@ -62,8 +64,14 @@ def get_loss(name: str):
 
 @register_loss("kd")
 def kd(student_logits, labels, teacher: TeacherOutputs, temperature: float, alpha: float) -> dict[str, torch.Tensor]:
-    """``L = α · T² · KL(p_T ‖ q_T) + (1 − α) · CE(y, q_1)``, both terms from the same student logits."""
-    terms = {"soft": alpha * soft_target_kl(student_logits, teacher.probs, temperature)}
+    """``L = α · T² · KL(p_T ‖ q_T) + (1 − α) · CE(y, q_1)``, both terms from the same student logits; with top-K
+    targets (``student.cache.top_k``) the KL is taken on the teacher's top K classes plus the rest
+    (:func:`distill.topk.topk_soft_target_kl`)."""
+    if teacher.top is not None:
+        soft = topk_soft_target_kl(student_logits, teacher.top, temperature)
+    else:
+        soft = soft_target_kl(student_logits, teacher.probs, temperature)
+    terms = {"soft": alpha * soft}
     if alpha < 1:
         terms["hard"] = (1 - alpha) * hard_label_ce(student_logits, labels)
     return terms
@@ -73,6 +81,8 @@ def kd(student_logits, labels, teacher: TeacherOutputs, temperature: float, alph
 def logit_matching_loss(student_logits, labels, teacher: TeacherOutputs, temperature: float,
                         alpha: float) -> dict[str, torch.Tensor]:
     """``L = α · ½‖z − v‖² + (1 − α) · CE(y, q_1)`` on zero-meaned logits (temperature unused)."""
+    if teacher.logits is None:
+        raise ConfigError("student.loss: logit_matching needs the teacher's full logits; unset student.cache.top_k")
     terms = {"logits": alpha * logit_matching(student_logits, teacher.logits)}
     if alpha < 1:
         terms["hard"] = (1 - alpha) * hard_label_ce(student_logits, labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import torch
 from torch import nn
 
 from ensemble.objectives import Objective
@@ -26,21 +27,24 @@ class DistillationObjective(Objective):
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         self.loss, self.temperature, self.alpha = loss, temperature, alpha
         self.cache, self.teacher, self.teacher_id = cache, teacher, teacher_id
+        self.device, self.on_device = torch.device("cpu"), isinstance(cache, TeacherOutputs)
 
     def __call__(self, model, x, y, idx):
         logits = model(x)
         if self.teacher is not None:
             teacher = self.teacher(x, self.temperature)
         elif self.cache is not None:
-            rows = idx.to(self.cache.probs.device)
-            teacher = TeacherOutputs(self.cache.probs[rows], self.cache.logits[rows])
+            # In memory (TeacherOutputs) or on disk (distill.cache.ShardedTargets): both are indexed by sample id.
+            teacher = self.cache[idx.to(self.device) if self.on_device else idx.cpu()].to(self.device)
         else:
             teacher = None
         return logits, get_loss(self.loss)(logits, y, teacher, self.temperature, self.alpha)
 
     def to(self, device):
-        if self.cache is not None:
-            self.cache = TeacherOutputs(self.cache.probs.to(device), self.cache.logits.to(device))
+        self.device = torch.device(device)
+        self.on_device = isinstance(self.cache, TeacherOutputs)  # a cache in memory moves whole; shards stay on disk
+        if self.on_device:
+            self.cache = self.cache.to(device)
         if self.teacher is not None:
             self.teacher = self.teacher.to(device)
         return self

@@ -24,10 +24,20 @@ from .soft_targets import Mean, ensemble_probs, temperature_softmax
 class TeacherOutputs:
     probs: torch.Tensor | None = None  # (N, C) soft targets at the training temperature
     logits: torch.Tensor | None = None  # (N, C) log-probabilities at T = 1
+    top: object = None  # instead of probs: the top-K targets (distill.topk.TopK), for many classes
 
     @staticmethod
     def cat(parts: Sequence["TeacherOutputs"]) -> "TeacherOutputs":
         return TeacherOutputs(torch.cat([p.probs for p in parts]), torch.cat([p.logits for p in parts]))
+
+    def __getitem__(self, rows) -> "TeacherOutputs":
+        """The rows of these sample ids (a cache is indexed by sample id)."""
+        pick = [None if t is None else t[rows] for t in (self.probs, self.logits, self.top)]
+        return TeacherOutputs(*pick)
+
+    def to(self, device) -> "TeacherOutputs":
+        moved = [None if t is None else t.to(device) for t in (self.probs, self.logits, self.top)]
+        return TeacherOutputs(*moved)
 
 
 @runtime_checkable

@@ -17,8 +17,9 @@ def _specialist_train() -> TrainConfig:
 class CombineConfig(Section):
     top_n: int = Field(1, ge=1, description="the generalist's n most probable classes choose the active specialists")
     solver: Literal["em", "lbfgs"] = Field("em", description="EM fixed point (fast) or L-BFGS on the logits of q")
-    max_iter: int = Field(100, gt=0, description="solver iterations for Eq. 5")
-    tolerance: float = Field(1e-6, gt=0, description="stop when q (em) or the gradient (lbfgs) changes less")
+    max_iter: int = Field(10_000, gt=0, description="most EM steps (em) or iterations (lbfgs) for Eq. 5")
+    tolerance: float = Field(1e-9, gt=0, description="em: stop when Eq. 5 is provably within this many nats of its "
+                             "minimum (the Frank-Wolfe gap); lbfgs: when the gradient is this small")
 
 
 class SpecialistsConfig(Section):

@@ -168,3 +168,53 @@ def test_active_specialists_follow_the_generalists_top_classes():
     groups = [torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([2, 3])]
     assert active_specialists(p_g, groups, 1).tolist() == [[True, False, False], [False, False, True]]
     assert active_specialists(p_g, groups, 2).tolist() == [[True, True, False], [False, True, True]]
+
+
+def _optimality_gap(q, p_g, p_ms, groups, active) -> np.ndarray:
+    """Per row, ``max_i h_i − n`` with ``h = −∇ Eq. 5`` written out in numpy: an upper bound of how far q is
+    from the minimum (Eq. 5 is convex on the simplex). Zero exactly at the optimum."""
+    q, p_g = np.asarray(q, dtype=np.float64), np.asarray(p_g, dtype=np.float64)
+    h = p_g / q
+    n = np.ones(len(q))
+    for m, (p_m, group) in enumerate(zip(p_ms, groups)):
+        on = np.asarray(active[:, m], dtype=np.float64)
+        p_m = np.asarray(p_m, dtype=np.float64)
+        inside = np.zeros(q.shape[1], dtype=bool)
+        inside[list(group)] = True
+        h[:, list(group)] += on[:, None] * p_m[:, :-1] / q[:, list(group)]  # p_m's columns follow the group's order
+        h[:, ~inside] += (on * p_m[:, -1] / q[:, ~inside].sum(1))[:, None]
+        n += on
+    return h.max(1) - n
+
+
+def test_overlapping_disagreeing_specialists_reach_a_certified_optimum():
+    # Three overlapping groups, sharp specialists that disagree with a sharp generalist, top-3 activation: the case
+    # where plain EM crawls (its 100 steps stopped ~0.2 away in q) and q barely moves per step.
+    torch.manual_seed(0)
+    n, classes = 300, 12
+    groups = [list(range(0, 8)), list(range(4, 12)), list(range(8, 12)) + list(range(0, 4))]
+    p_g = torch.softmax(torch.randn(n, classes, dtype=torch.float64) * 4, 1)
+    p_ms = [torch.softmax(torch.randn(n, len(g) + 1, dtype=torch.float64) * 8, 1) for g in groups]
+    tensors = [torch.tensor(g) for g in groups]
+    active = active_specialists(p_g, tensors, top_n=3)
+    q, info = combine(p_g, p_ms, tensors, active)  # the defaults
+    assert info["iterations"] < 1000
+    assert _optimality_gap(q, p_g, p_ms, groups, active).max() < 1e-8
+    plain_em = p_g.clone()
+    for _ in range(100):  # the old defaults: 100 plain EM steps, written out
+        plain_em = _em_step_reference(plain_em, p_g, p_ms, groups, active)
+    assert _optimality_gap(plain_em, p_g, p_ms, groups, active).max() > 1e-3, "the certificate can fail"
+    assert np.abs(np.asarray(q) - np.asarray(plain_em)).max() > 0.05, "and the old answer was far off"
+    assert (_eq5_reference(q, p_g, p_ms, groups, active) <= _eq5_reference(plain_em, p_g, p_ms, groups, active)
+            + 1e-12).all()
+
+
+def _em_step_reference(q, p_g, p_ms, groups, active):
+    counts = p_g.clone()
+    for m, (p_m, group) in enumerate(zip(p_ms, groups)):
+        on = active[:, m].double()
+        inside = torch.zeros(q.shape[1], dtype=torch.bool)
+        inside[group] = True
+        counts[:, group] += on[:, None] * p_m[:, :-1]
+        counts[:, ~inside] += on[:, None] * p_m[:, -1:] * q[:, ~inside] / q[:, ~inside].sum(1, keepdim=True)
+    return counts / counts.sum(1, keepdim=True)

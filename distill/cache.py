@@ -1,0 +1,121 @@
+"""Teacher targets on disk: memory-mapped shards indexed by sample id, read a batch at a time, never loaded whole.
+
+A folder holds ``meta.json`` and, per shard of ``rows_per_shard`` examples, either the dense targets
+(``probs``, ``logits``: N x C) or the top-K ones (``indices``, ``log_probs``: N x K, ``rest``: N), as ``.npy`` files
+that :func:`numpy.load` maps read-only. The folder is written once under a temporary name and renamed when
+complete, so a reader never sees half a cache; its name is a hash of everything that defines the targets (the
+teacher's weights, T, K, the data), so a changed setting can never reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ensemble.teacher import TeacherOutputs
+
+from .topk import TopK, top_k
+
+DENSE = ("probs", "logits")
+TOPK = ("indices", "log_probs", "rest")
+
+
+class ShardedTargets:
+    """``targets[rows]`` -> :class:`TeacherOutputs` for those sample ids (dense, or with ``top`` set)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self._shards: list[dict[str, np.ndarray]] | None = None
+
+    def __getstate__(self):  # an actor reopens the maps itself; only the folder travels
+        return {"folder": self.folder, "meta": self.meta, "_shards": None}
+
+    def __len__(self) -> int:
+        return self.meta["rows"]
+
+    @property
+    def top_k(self) -> int | None:
+        return self.meta["top_k"]
+
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.folder.glob("*.npy"))
+
+    def _open(self) -> list[dict[str, np.ndarray]]:
+        if self._shards is None:
+            names = TOPK if self.top_k else DENSE
+            self._shards = [{name: np.load(self.folder / f"{shard:05d}_{name}.npy", mmap_mode="r") for name in names}
+                            for shard in range(self.meta["shards"])]
+        return self._shards
+
+    def __getitem__(self, rows: torch.Tensor) -> TeacherOutputs:
+        rows = rows.cpu().numpy()
+        per = self.meta["rows_per_shard"]
+        shards, offsets = rows // per, rows % per
+        arrays = {}
+        for name in (TOPK if self.top_k else DENSE):
+            out = None
+            for shard in np.unique(shards):
+                part = self._open()[shard][name]
+                picked = part[offsets[shards == shard]]
+                if out is None:
+                    out = np.empty((len(rows), *picked.shape[1:]), dtype=picked.dtype)
+                out[shards == shard] = picked
+            arrays[name] = torch.from_numpy(out)
+        if self.top_k:
+            top = TopK(arrays["indices"].long(), arrays["log_probs"].float(), arrays["rest"].float())
+            return TeacherOutputs(top=top)
+        return TeacherOutputs(arrays["probs"].float(), arrays["logits"].float())
+
+
+def write_targets(folder: str | Path, batches: Iterable[TeacherOutputs], rows: int, top: int | None = None,
+                  rows_per_shard: int = 65536) -> ShardedTargets:
+    """Write the teacher's targets for ``rows`` examples, batch by batch, as shards; returns the reader."""
+    folder = Path(folder)
+    if (folder / "meta.json").is_file():
+        return ShardedTargets(folder)
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    buffers: dict[str, list[np.ndarray]] = {}
+    written, shard = 0, 0
+    for batch in batches:
+        parts = _arrays(batch, top)
+        for name, array in parts.items():
+            buffers.setdefault(name, []).append(array)
+        written += len(next(iter(parts.values())))
+        while sum(len(a) for a in next(iter(buffers.values()))) >= rows_per_shard:
+            shard = _flush(partial, buffers, shard, rows_per_shard)
+    if written != rows:
+        raise ValueError(f"teacher cache: wrote {written} rows, expected {rows}")
+    if buffers and sum(len(a) for a in next(iter(buffers.values()))):
+        shard = _flush(partial, buffers, shard, rows_per_shard)
+    (partial / "meta.json").write_text(json.dumps({"rows": rows, "rows_per_shard": rows_per_shard, "shards": shard,
+                                                   "top_k": top}))
+    try:
+        partial.rename(folder)
+    except OSError:  # another process finished the same cache first: theirs is identical
+        shutil.rmtree(partial, ignore_errors=True)
+    return ShardedTargets(folder)
+
+
+def _arrays(batch: TeacherOutputs, top: int | None) -> dict[str, np.ndarray]:
+    if top:
+        targets = top_k(batch.probs, top)
+        return {"indices": targets.indices.to(torch.int32).numpy(), "log_probs": targets.log_probs.numpy(),
+                "rest": targets.rest_log_mass.numpy()}
+    return {"probs": batch.probs.numpy(), "logits": batch.logits.numpy()}
+
+
+def _flush(folder: Path, buffers: dict[str, list[np.ndarray]], shard: int, rows_per_shard: int) -> int:
+    for name, arrays in buffers.items():
+        joined = np.concatenate([a for a in arrays if len(a)]) if arrays else np.empty(0)
+        np.save(folder / f"{shard:05d}_{name}.npy", joined[:rows_per_shard])
+        buffers[name] = [joined[rows_per_shard:]]
+    return shard + 1

@@ -1,0 +1,62 @@
+"""Teacher targets on disk: shards read by sample id, top-K rows, identity by hash, and a student trained on them."""
+
+import pickle
+
+import torch
+
+from distill import Distiller
+from distill.cache import ShardedTargets, write_targets
+from ensemble import Ensemble
+from ensemble.teacher import TeacherOutputs
+from helpers import quick_train, small_mlp_factory
+
+
+def _outputs(n: int = 20, classes: int = 6) -> TeacherOutputs:
+    torch.manual_seed(0)
+    logits = torch.randn(n, classes)
+    return TeacherOutputs(torch.softmax(logits / 3, 1), torch.log_softmax(logits, 1))
+
+
+def _batches(outputs: TeacherOutputs, size: int):
+    return (outputs[torch.arange(i, min(i + size, len(outputs.probs)))] for i in range(0, len(outputs.probs), size))
+
+
+def test_dense_shards_return_the_rows_asked_for_in_any_order(tmp_path):
+    outputs = _outputs()
+    targets = write_targets(tmp_path / "t", _batches(outputs, 6), 20, rows_per_shard=7)
+    assert targets.meta["shards"] == 3 and len(targets) == 20
+    rows = torch.tensor([19, 0, 7, 13, 6, 14])  # across all three shards, out of order
+    got = targets[rows]
+    assert torch.equal(got.probs, outputs.probs[rows]) and torch.equal(got.logits, outputs.logits[rows])
+    assert not list(tmp_path.glob(".*partial")), "the folder appears whole or not at all"
+    assert len(pickle.dumps(targets)) < 1000, "an actor gets the folder's name, not the arrays"
+
+
+def test_top_k_shards_keep_the_largest_probabilities_and_the_rest(tmp_path):
+    outputs = _outputs()
+    targets = write_targets(tmp_path / "k", _batches(outputs, 5), 20, top=2, rows_per_shard=8)
+    rows = torch.tensor([3, 17, 9])
+    top = targets[rows].top
+    probs = outputs.probs[rows]
+    expected = probs.sort(dim=1, descending=True).values[:, :2]
+    assert torch.allclose(top.log_probs.exp(), expected, atol=1e-6)
+    assert torch.allclose(top.rest_log_mass.exp(), 1 - expected.sum(1), atol=1e-6)
+    assert torch.allclose(probs.gather(1, top.indices), top.log_probs.exp(), atol=1e-6), "indices name the classes"
+    dense = write_targets(tmp_path / "d", _batches(outputs, 5), 20, rows_per_shard=8)
+    assert targets.nbytes() < dense.nbytes(), "2 of 6 classes: (2 + 2 + 1) numbers a row against 12"
+
+
+def test_a_student_trains_from_top_k_targets_on_disk_named_by_what_defines_them(digits, tmp_path):
+    factory = small_mlp_factory(digits.input_shape, digits.num_classes)
+    teacher = Ensemble(factory, n_members=1, train=quick_train(3), output_dir=tmp_path / "teacher",
+                       in_process=True, show_progress=False).fit(digits.train, digits.val)
+    common = {"train": quick_train(4), "baseline": False, "output_dir": tmp_path / "student", "in_process": True,
+              "show_progress": False}
+    student = Distiller(teacher, factory, {"temperature": 4.0, "cache": {"top_k": 3, "store": "disk"}}, **common)
+    student.fit(digits.train, digits.val)
+    assert isinstance(student.objective_.cache, ShardedTargets) and student.objective_.cache.top_k == 3
+    assert student.evaluate(digits.test)["student"].accuracy > 0.7
+    folders = list((tmp_path / "student" / "teacher_targets").iterdir())
+    Distiller(teacher, factory, {"temperature": 2.0, "cache": {"top_k": 3}}, **common).fit(digits.train, digits.val)
+    assert len(list((tmp_path / "student" / "teacher_targets").iterdir())) == len(folders) + 1, \
+        "another temperature is another cache"
