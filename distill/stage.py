@@ -32,7 +32,8 @@ def build_distiller(config: Config, data: DatasetSplits, teacher, output_dir: Pa
     """The configured :class:`Distiller` (the student stage's, and each sweep trial's with ``overrides``)."""
     section = config.student
     options = fit_options(config, section.resources, output_dir / "student", tracker, parent_run_id, show_progress)
-    return Distiller(teacher, RegisteredModel.from_config(section.model, data.input_shape, data.num_classes), section,
+    student = RegisteredModel.from_config(section.model, data.input_shape, data.num_classes, data.normalization)
+    return Distiller(teacher, student, section,
                      seed=config.seed, **{**options, **overrides})
 
 

@@ -40,6 +40,7 @@ class Ensemble:
         generalist_train: TrainConfig | dict | None = None,
         seed: int = 0,
         jitter: int = 0,
+        hflip: bool = False,
         **kwargs,
     ):
         """Keywords that are not fields of the section are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus,
@@ -56,7 +57,7 @@ class Ensemble:
         self.generalist_train_config = as_train_config(generalist_train) if generalist_train else self.train_config
         self.mean = self.config.mean
         self.seed = seed
-        self.jitter = jitter
+        self.jitter, self.hflip = jitter, hflip
         resources = self.config.resources
         self.options = FitOptions(**{"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, **options})
         self.members_: list[nn.Module] = []
@@ -69,13 +70,13 @@ class Ensemble:
     def _specs(self) -> list[TrainSpec]:
         specs = [
             TrainSpec(f"member_{i}", "member", factory, self.train_config, self.seed + i, self.jitter,
-                      tags={"member_index": i})
+                      tags={"member_index": i}, hflip=self.hflip)
             for i, factory in enumerate(self.member_factories)
         ]
         if self.generalist_factory is not None:
             specs.append(
                 TrainSpec("generalist", "generalist", self.generalist_factory, self.generalist_train_config,
-                          self.seed + GENERALIST_SEED_OFFSET, self.jitter)
+                          self.seed + GENERALIST_SEED_OFFSET, self.jitter, hflip=self.hflip)
             )
         return specs
 

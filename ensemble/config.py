@@ -21,6 +21,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AugmentConfig(Section):
+    random_crop: int = Field(0, ge=0, description="zero-pad by k pixels and crop back at random (CIFAR: 4); the same "
+                             "translation as data.jitter, so set one of them")
+    hflip: bool = Field(False, description="mirror a random half of each batch left-right")
+
+
 class DataConfig(Section):
     name: str = "digits"
     root: str = "../shared/data"
@@ -28,6 +34,20 @@ class DataConfig(Section):
     val_size: float = Field(0.1, gt=0, lt=1, description="fraction of the training set held out for validation")
     train_limit: int | None = Field(None, gt=0, description="keep only the first N training examples (quick runs)")
     jitter: int = Field(0, ge=0, description="random translation of inputs by up to this many pixels (train only)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    normalize: bool = Field(False, description="per-channel mean/std of the training split, applied by the model's "
+                            "first layer (so evaluation and export apply it too)")
+
+    @model_validator(mode="after")
+    def _one_translation(self) -> "DataConfig":
+        if self.jitter and self.augment.random_crop:
+            raise ValueError("data.jitter and data.augment.random_crop are the same random translation; set one")
+        return self
+
+    @property
+    def shift(self) -> int:
+        """Pixels of random translation (jitter, or the crop's padding)."""
+        return self.jitter or self.augment.random_crop
 
     @field_validator("name")
     @classmethod

@@ -43,6 +43,7 @@ class DatasetSplits:
     test: Split
     num_classes: int
     class_names: list[str] = field(default_factory=list)
+    normalization: tuple[list[float], list[float]] | None = None  # the training split's per-channel (mean, std)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

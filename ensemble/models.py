@@ -71,18 +71,26 @@ class RegisteredModel:
     num_classes: int
     params: dict = field(default_factory=dict)
     version: int | str | None = None
+    normalize: tuple[list[float], list[float]] | None = None  # per-channel (mean, std): a Normalize first layer
 
     @classmethod
-    def from_config(cls, config, input_shape, num_classes: int) -> RegisteredModel:
-        """From a :class:`ensemble.config.ModelConfig` (name, params, version)."""
-        return cls(config.name, tuple(input_shape), num_classes, dict(config.params), getattr(config, "version", None))
+    def from_config(cls, config, input_shape, num_classes: int, normalize=None) -> RegisteredModel:
+        """From a :class:`ensemble.config.ModelConfig` (name, params, version), with ``DatasetSplits.normalization``."""
+        return cls(config.name, tuple(input_shape), num_classes, dict(config.params), getattr(config, "version", None),
+                   normalize)
 
     def __call__(self) -> nn.Module:
-        return build_model(self.name, self.input_shape, self.num_classes, self.params)
+        net = build_model(self.name, self.input_shape, self.num_classes, self.params)
+        if self.normalize is None:
+            return net
+        from .transforms import NormalizedModel
+
+        return NormalizedModel(net, *self.normalize)
 
     def identity(self) -> dict:
         return {"registered": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "params": resolved_params(self.name, self.params), "version": self.version}
+                "params": resolved_params(self.name, self.params), "version": self.version,
+                "normalize": None if self.normalize is None else [list(v) for v in self.normalize]}
 
 
 def factory_identity(factory: Any) -> Any:

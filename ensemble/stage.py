@@ -11,13 +11,17 @@ from .models import RegisteredModel
 from .results import EnsembleSection, ModelRow
 from .scores import Score
 from .soft_targets import ensemble_probs
+from .transforms import channel_stats
 from .tracking import Tracker
 from .trainer import learning_curves
 
 
 def load_data(config: StageConfig) -> DatasetSplits:
     data = config.data
-    return load_dataset(data.name, data.root, data.download, data.val_size, config.seed, data.train_limit)
+    splits = load_dataset(data.name, data.root, data.download, data.val_size, config.seed, data.train_limit)
+    if data.normalize:
+        splits.normalization = channel_stats(splits.train.x)
+    return splits
 
 
 def fit_options(config: StageConfig, resources: ResourcesConfig, output_dir: Path, tracker: Tracker | None,
@@ -43,9 +47,11 @@ def run_ensemble_stage(
     shape, classes = data.input_shape, data.num_classes
     member_model, generalist_model = config.ensemble.model, config.generalist_model()
     ensemble = Ensemble(
-        RegisteredModel.from_config(member_model, shape, classes), config.ensemble,
-        generalist=RegisteredModel.from_config(generalist_model, shape, classes) if config.generalist.enabled else None,
-        generalist_train=config.generalist_train(), seed=config.seed, jitter=config.data.jitter,
+        RegisteredModel.from_config(member_model, shape, classes, data.normalization), config.ensemble,
+        generalist=(RegisteredModel.from_config(generalist_model, shape, classes, data.normalization)
+                    if config.generalist.enabled else None),
+        generalist_train=config.generalist_train(), seed=config.seed, jitter=config.data.shift,
+        hflip=config.data.augment.hflip,
         **fit_options(config, config.ensemble.resources, output_dir / "ensemble", tracker, parent_run_id,
                       show_progress),
     )

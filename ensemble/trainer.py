@@ -24,6 +24,7 @@ from .errors import CheckpointError, TrainingDiverged
 from .lock import model_folder_lock
 from .models import model_identity
 from .objectives import CrossEntropy, Objective
+from .transforms import hflip
 
 
 class Sampler(Protocol):
@@ -58,6 +59,7 @@ class TrainSpec:
     sampler: Sampler | None = None
     tags: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)  # anything else that defines the model, e.g. initial weights
+    hflip: bool = False  # mirror a random half of each batch (data.augment.hflip)
 
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(
@@ -66,6 +68,7 @@ class TrainSpec:
                 "train": self.train.model_dump(mode="json"),
                 "seed": self.seed,
                 "jitter": self.jitter,
+                "hflip": self.hflip,
                 "objective": self.objective.describe(),
                 "target_map": None if self.target_map is None else self.target_map.tolist(),
                 "sampler": sampler_identity(self.sampler),
@@ -323,6 +326,8 @@ class Trainer:
             xb = x_train[idx].to(self.device, non_blocking=True)
             if spec.jitter:
                 xb = jitter(xb, spec.jitter, run.generator)
+            if spec.hflip:
+                xb = hflip(xb, run.generator)
             yb = y_train[idx].to(self.device, non_blocking=True)
             _, terms = run.objective(run.model, xb, yb, idx)
             # A term without a gradient (say, a discriminator's own loss) is logged, not optimised.

@@ -44,6 +44,7 @@ class SpecialistEnsemble:
         class_names: list[str] | None = None,
         seed: int = 0,
         jitter: int = 0,
+        hflip: bool = False,
         **kwargs,
     ):
         """Keywords that are not fields of the section are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus,
@@ -55,7 +56,7 @@ class SpecialistEnsemble:
         find_head(generalist, self.config.head)  # fail now if there is no linear head to copy
         self.train_config = self.config.train
         self.class_names = class_names
-        self.seed, self.jitter = seed, jitter
+        self.seed, self.jitter, self.hflip = seed, jitter, hflip
         resources = self.config.resources
         self.options = FitOptions(**{"output_dir": "runs/specialists", "num_cpus": resources.num_cpus,
                                      "num_gpus": resources.num_gpus, **options})
@@ -107,6 +108,7 @@ class SpecialistEnsemble:
                               dustbin_correction(natural_share), self.config.head)
             specs.append(TrainSpec(
                 f"specialist_{m}", "specialist", factory, self.train_config, self.seed + m, self.jitter,
+                hflip=self.hflip,
                 target_map=dustbin_target_map(group, self.num_classes_),
                 sampler=GroupSampler(train_labels, group),
                 tags={"specialist_index": m, "group": group},
