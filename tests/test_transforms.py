@@ -1,4 +1,4 @@
-"""Normalisation inside the model and batched augmentation, on CIFAR-shaped tensors (CIFAR cannot be downloaded here)."""
+"""Normalisation inside the model and batched augmentation on CIFAR-shaped tensors (no CIFAR download here)."""
 
 import math
 
