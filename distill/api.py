@@ -14,6 +14,7 @@ from ensemble.data import Split, check_split, materialize
 from ensemble.errors import DataError
 from ensemble.fit import FitOptions, api_tracking
 from ensemble.scores import Evaluation, Score
+from ensemble.streaming import as_input, iterate_rows
 from ensemble.teacher import TeacherOutputs, as_teacher, outputs_in_batches
 from ensemble.trainer import TrainResult, TrainSpec, predict_logits
 from specialists.dustbin import find_head
@@ -82,8 +83,8 @@ class Distiller:
                             f"transfer data (fingerprint {train.fingerprint()}); pass use_cache=None to run it instead")
         if cached is not None:
             return cached
-        x = train.x if val is None else torch.cat([train.x, val.x])
-        return outputs_in_batches(self.teacher.online(), x, self.config.temperature)
+        online = self.teacher.online()
+        return TeacherOutputs.cat([outputs_in_batches(online, split.x, self.config.temperature) for split in splits])
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's log-probabilities at T = 1 (its predictions) for any inputs."""
@@ -113,10 +114,11 @@ class Distiller:
         identity = fingerprint({"teacher": self.teacher.teacher_name(), "settings": settings,
                                 "weights": state_fingerprint(online.state_dict()), "temperature": cfg.temperature,
                                 "top_k": cfg.cache.top_k, "data": [s.fingerprint() for s in (train, val) if s]})
-        x = train.x if val is None else torch.cat([train.x, val.x])
-        batches = (online(x[i : i + 4096], cfg.temperature) for i in range(0, len(x), 4096))
+        splits = [s for s in (train, val) if s is not None]
+        batches = (online(as_input(inputs), cfg.temperature) for split in splits
+                   for _, inputs in iterate_rows(split.x, torch.arange(len(split)), 4096))
         folder = Path(self.options.output_dir) / "teacher_targets" / identity
-        targets = write_targets(folder, batches, len(x), cfg.cache.top_k, cfg.cache.rows_per_shard)
+        targets = write_targets(folder, batches, sum(len(s) for s in splits), cfg.cache.top_k, cfg.cache.rows_per_shard)
         return targets, f"{self.teacher.teacher_name()}:{identity}"
 
     # --- training ---

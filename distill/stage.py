@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ensemble.api import Ensemble
 from ensemble.data import DatasetSplits
+from ensemble.streaming import as_input
 from ensemble.teacher import Teacher
 from ensemble.models import RegisteredModel, count_parameters
 from ensemble.stage import fit_options
@@ -51,7 +52,7 @@ def run_student_stage(
                                 parent_run_id, show_progress)
     distiller.fit(data.train, data.val, data.test)
     export_path = distiller.export(output_dir / "student" / "student.torchscript.pt")
-    batch = data.test.x[:LATENCY_BATCH]
+    batch = as_input(data.test.x[:LATENCY_BATCH])
     student_run = distiller.run_ids_.get("student")
     registered = {}
     if tracker is not None and student_run:

@@ -35,6 +35,10 @@ class DataConfig(Section):
     train_limit: int | None = Field(None, gt=0, description="keep only the first N training examples (quick runs)")
     jitter: int = Field(0, ge=0, description="random translation of inputs by up to this many pixels (train only)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    in_memory: Literal["auto"] | bool = Field("auto", description="imagefolder: read every image into memory once "
+                                              "(true), stream them from disk each epoch (false), or auto")
+    memory_budget_mb: float = Field(2048, gt=0, description="auto: read into memory when the images fit this budget")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per actor when streaming")
     normalize: bool = Field(False, description="per-channel mean/std of the training split, applied by the model's "
                             "first layer (so evaluation and export apply it too)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +13,15 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .streaming import LazyImages, fingerprint_lazy, imagefolder_splits, targets_of
 
 
 @dataclass
 class Split:
-    """One split held in memory: inputs ``x`` (N, C, H, W) float32 and labels ``y`` (N,) int64."""
+    """One split: inputs ``x`` (N, C, H, W) float32 or uint8 images in memory, or
+    :class:`ensemble.streaming.LazyImages` read on demand; labels ``y`` (N,) int64, always in memory."""
 
-    x: torch.Tensor
+    x: torch.Tensor | LazyImages
     y: torch.Tensor
 
     def __post_init__(self):
@@ -28,7 +31,17 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def lazy(self) -> bool:
+        return isinstance(self.x, LazyImages)
+
+    def take(self, rows: torch.Tensor) -> "Split":
+        """The examples at ``rows``, still lazy when this split is."""
+        return Split(self.x.subset(rows) if self.lazy else self.x[rows], self.y[rows])
+
     def fingerprint(self) -> str:
+        if self.lazy:
+            return fingerprint_lazy(self.x, self.y)
         digest = hashlib.blake2b(digest_size=8)
         digest.update(self.x.contiguous().numpy().tobytes())
         digest.update(self.y.contiguous().numpy().tobytes())
@@ -61,7 +74,7 @@ def check_split(split: Split, num_classes: int, where: str) -> None:
         raise DataError(
             f"{where}: labels must lie in [0, {num_classes - 1}], found {int(split.y.min())}..{int(split.y.max())}"
         )
-    if not torch.isfinite(split.x).all():
+    if not split.lazy and split.x.is_floating_point() and not torch.isfinite(split.x).all():
         raise DataError(f"{where}: inputs contain NaN or infinite values")
 
 
@@ -146,6 +159,7 @@ def _npz(root: str, download: bool):
 
 DATASETS: dict[str, Callable] = {
     "npz": _npz,
+    "imagefolder": imagefolder_splits,
     "digits": _digits,
     "mnist": _torchvision("MNIST", channels_last=False),
     "fashion_mnist": _torchvision("FashionMNIST", channels_last=False),
@@ -162,8 +176,12 @@ def load_dataset(
     val_size: float = 0.1,
     seed: int = 0,
     train_limit: int | None = None,
+    in_memory: bool | str = "auto",
+    memory_budget_mb: float = 2048,
+    num_workers: int = 0,
 ) -> DatasetSplits:
-    """Load a dataset by name and carve a seeded validation split from its training set."""
+    """Load a dataset by name and carve a seeded validation split from its training set. A streamed dataset
+    (``imagefolder``) is read into memory when ``in_memory`` is True, or "auto" and it fits ``memory_budget_mb``."""
     if name not in DATASETS:
         raise DataError(f"data.name: unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     full_train, test, class_names = DATASETS[name](root, download)
@@ -175,24 +193,51 @@ def load_dataset(
     num_classes = len(class_names) if class_names else int(full_train.y.max()) + 1
     splits = DatasetSplits(
         name=name,
-        train=Split(full_train.x[train_idx], full_train.y[train_idx]),
-        val=Split(full_train.x[val_idx], full_train.y[val_idx]),
+        train=full_train.take(train_idx),
+        val=full_train.take(val_idx),
         test=test,
         num_classes=num_classes,
         class_names=class_names or [str(c) for c in range(num_classes)],
     )
     for split_name in ("train", "val", "test"):
         check_split(splits.split(split_name), num_classes, f"{name} {split_name}")
+    return place(splits, in_memory, memory_budget_mb, num_workers)
+
+
+def place(splits: DatasetSplits, in_memory: bool | str, memory_budget_mb: float, num_workers: int) -> DatasetSplits:
+    """Streamed splits read into memory (as uint8 when the images are) when asked or when they fit the budget."""
+    lazy = [name for name in ("train", "val", "test") if splits.split(name).lazy]
+    if not lazy:
+        return splits
+    for name in lazy:
+        splits.split(name).x.num_workers = num_workers
+    size_mb = sum(len(splits.split(n)) for n in lazy) * math.prod(splits.input_shape) / 2**20
+    if in_memory is True or (in_memory == "auto" and size_mb <= memory_budget_mb):
+        for name in lazy:
+            split = splits.split(name)
+            setattr(splits, name, Split(read_all(split.x), split.y))
     return splits
 
 
-def materialize(dataset, where: str = "dataset") -> Split:
-    """Turn any map-style dataset of ``(tensor, label)`` pairs (or a :class:`Split`) into one in-memory Split."""
+def read_all(x: LazyImages) -> torch.Tensor:
+    """Every example of a lazy split, in order, read by the DataLoader's workers."""
+    return torch.cat([inputs for _, inputs in x.batches(torch.arange(len(x)), 1024)])
+
+
+def materialize(dataset, where: str = "dataset", memory_budget_mb: float = 2048) -> Split:
+    """Any map-style dataset of ``(tensor, label)`` pairs (or a :class:`Split`) as a Split: in memory when it fits
+    ``memory_budget_mb``, else streamed (:class:`ensemble.streaming.LazyImages`, labels from ``targets``)."""
     if isinstance(dataset, Split):
         return dataset
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and torch.is_tensor(dataset[0]):
         x, y = dataset
         return Split(torch.as_tensor(x).float(), torch.as_tensor(y).long())
+    try:
+        size_mb = len(dataset) * torch.as_tensor(dataset[0][0]).numel() * 4 / 2**20 if len(dataset) else 0
+    except Exception as err:  # noqa: BLE001 - any failure here means the dataset is not map-style
+        raise DataError(f"{where}: expected a map-style dataset of (tensor, label) pairs ({err})") from None
+    if size_mb > memory_budget_mb:
+        return Split(LazyImages(dataset), targets_of(dataset))
     try:
         items = [dataset[i] for i in range(len(dataset))]
     except Exception as err:  # noqa: BLE001 - any failure here means the dataset is not map-style
@@ -204,12 +249,15 @@ def materialize(dataset, where: str = "dataset") -> Split:
     return Split(x, y)
 
 
-def to_numpy(split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """Numpy arrays travel through the Ray object store without a copy and are shared by actors on a node."""
-    return split.x.numpy(), split.y.numpy()
+def to_numpy(split: Split) -> tuple[np.ndarray, np.ndarray] | Split:
+    """Numpy arrays travel through the Ray object store without a copy and are shared by actors on a node; a streamed
+    split travels as itself (its dataset's description and row indices)."""
+    return split if split.lazy else (split.x.numpy(), split.y.numpy())
 
 
-def from_numpy(arrays: tuple[np.ndarray, np.ndarray]) -> Split:
+def from_numpy(arrays: tuple[np.ndarray, np.ndarray] | Split) -> Split:
+    if isinstance(arrays, Split):
+        return arrays
     with warnings.catch_warnings():
         # Object-store arrays are read-only; the trainer only ever gathers from them.
         warnings.simplefilter("ignore", UserWarning)

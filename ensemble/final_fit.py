@@ -27,7 +27,8 @@ from .trainer import TrainResult, TrainSpec
 def train_and_val(splits: dict[str, Split]) -> dict[str, Split]:
     """The splits with ``train`` replaced by train followed by val (val example j at row n_train + j)."""
     train, val = splits["train"], splits["val"]
-    return {**splits, "train": Split(torch.cat([train.x, val.x]), torch.cat([train.y, val.y]))}
+    x = train.x.concat(val.x) if train.lazy else torch.cat([train.x, val.x])
+    return {**splits, "train": Split(x, torch.cat([train.y, val.y]))}
 
 
 def final_spec(spec: TrainSpec, phase_one: TrainResult, phase_one_fingerprint: str, merged_labels: torch.Tensor,

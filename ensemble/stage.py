@@ -18,7 +18,8 @@ from .trainer import learning_curves
 
 def load_data(config: StageConfig) -> DatasetSplits:
     data = config.data
-    splits = load_dataset(data.name, data.root, data.download, data.val_size, config.seed, data.train_limit)
+    splits = load_dataset(data.name, data.root, data.download, data.val_size, config.seed, data.train_limit,
+                          data.in_memory, data.memory_budget_mb, data.num_workers)
     if data.normalize:
         splits.normalization = channel_stats(splits.train.x)
     return splits

@@ -18,6 +18,7 @@ from torch import nn
 
 from .data import Split
 from .soft_targets import Mean, ensemble_probs, temperature_softmax
+from .streaming import as_input, iterate_rows
 
 
 @dataclass
@@ -69,7 +70,8 @@ def as_teacher(teacher) -> Teacher:
 def outputs_in_batches(teacher: nn.Module, x: torch.Tensor, temperature: float, batch_size: int = 4096
                        ) -> TeacherOutputs:
     """Run an online teacher over ``x`` a batch at a time."""
-    return TeacherOutputs.cat([teacher(x[i : i + batch_size], temperature) for i in range(0, len(x), batch_size)])
+    return TeacherOutputs.cat([teacher(as_input(inputs), temperature)
+                               for _, inputs in iterate_rows(x, torch.arange(len(x)), batch_size)])
 
 
 class ModuleOutputs(nn.Module):

@@ -24,6 +24,7 @@ from .errors import CheckpointError, TrainingDiverged
 from .lock import model_folder_lock
 from .models import model_identity
 from .objectives import CrossEntropy, Objective
+from .streaming import as_input, iterate_rows
 from .transforms import hflip
 
 
@@ -115,10 +116,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_p
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, device="cpu") -> torch.Tensor:
+def predict_logits(model: nn.Module, x, batch_size: int = 2048, device="cpu") -> torch.Tensor:
+    """Logits for every row of ``x`` (a tensor, or streamed :class:`ensemble.streaming.LazyImages`), in order."""
     was_training = model.training
     model.eval()
-    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    out = [model(as_input(inputs.to(device))).float().cpu()
+           for _, inputs in iterate_rows(x, torch.arange(len(x)), batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
@@ -321,9 +324,10 @@ class Trainer:
         per_batch_schedule = spec.train.scheduler.name == "onecycle"
         term_sums: dict[str, torch.Tensor] = {}
         monitored: set[str] = set()
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            xb = x_train[idx].to(self.device, non_blocking=True)
+        pin = self.device.type == "cuda"
+        for idx, inputs in iterate_rows(x_train, order, batch_size, pin_memory=pin):
+            # uint8 images stay uint8 until here: a quarter of the bytes to move, then scaled on the device.
+            xb = as_input(inputs.to(self.device, non_blocking=True))
             if spec.jitter:
                 xb = jitter(xb, spec.jitter, run.generator)
             if spec.hflip:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import DataError
+from .streaming import as_input, iterate_rows
 
 
 def channel_stats(x: torch.Tensor, batch: int = 8192) -> tuple[list[float], list[float]]:
@@ -23,8 +24,8 @@ def channel_stats(x: torch.Tensor, batch: int = 8192) -> tuple[list[float], list
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
     count = 0
-    for i in range(0, len(x), batch):
-        part = x[i : i + batch].double().transpose(0, 1).reshape(channels, -1)
+    for _, inputs in iterate_rows(x, torch.arange(len(x)), batch):
+        part = as_input(inputs).double().transpose(0, 1).reshape(channels, -1)
         total += part.sum(1)
         squares += (part * part).sum(1)
         count += part.shape[1]

@@ -1,0 +1,170 @@
+"""Data that is never materialised: images read from a map-style dataset a batch at a time, inside each actor.
+
+:class:`LazyImages` stands where an in-memory split holds its input tensor: ``x[rows]`` reads and stacks those
+examples (uint8 images stay uint8 until the batch reaches the device, where :func:`as_input` scales them), ``len``
+and ``shape`` come from the index and the first example, and :meth:`LazyImages.batches` streams an epoch's order
+through a ``torch.utils.data.DataLoader`` (``data.num_workers`` processes; pinned memory on CUDA). It pickles as the
+dataset's description plus the row indices, so a Ray actor reads the files itself; labels come from the dataset's
+``targets`` without decoding any image. ``data.name: imagefolder`` reads ``root/train/<class>/*`` and
+``root/test/<class>/*`` this way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import DataError
+
+
+def as_input(x: torch.Tensor) -> torch.Tensor:
+    """What a model sees: uint8 images scaled to [0, 1] floats (on whatever device they already are)."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Row i of a lazy split: the input of example ``indices[i]`` of the dataset."""
+
+    def __init__(self, dataset, indices: torch.Tensor):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return read_input(self.dataset, int(self.indices[i]))
+
+
+def read_input(dataset, index: int) -> torch.Tensor:
+    try:
+        item = dataset[index][0]
+    except Exception as err:  # noqa: BLE001 - an unreadable file: name it
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(f"{_item_name(dataset, index)}: cannot be read ({type(err).__name__}: {detail})") from None
+    return item if torch.is_tensor(item) else torch.as_tensor(item)
+
+
+def _item_name(dataset, index: int) -> str:
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples is not None else f"example {index}"
+
+
+class LazyImages:
+    """The inputs of ``dataset`` at ``indices``, read on demand."""
+
+    def __init__(self, dataset, indices: torch.Tensor | None = None, num_workers: int = 0):
+        self.dataset = dataset
+        self.indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices).long()
+        self.num_workers = num_workers
+        self._shape: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self._shape is None:
+            self._shape = tuple(read_input(self.dataset, int(self.indices[0])).shape) if len(self) else ()
+        return (len(self), *self._shape)
+
+    def subset(self, rows: torch.Tensor) -> "LazyImages":
+        return LazyImages(self.dataset, self.indices[rows], self.num_workers)
+
+    def concat(self, other: "LazyImages") -> "LazyImages":
+        if other.dataset is not self.dataset:
+            raise DataError("cannot join lazy splits of two different datasets")
+        return LazyImages(self.dataset, torch.cat([self.indices, other.indices]), self.num_workers)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        if isinstance(rows, slice):
+            rows = torch.arange(len(self))[rows]
+        rows = torch.as_tensor(rows)
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().flatten()
+        if not len(rows):
+            return torch.empty(0, *self.shape[1:])
+        return torch.stack([read_input(self.dataset, int(self.indices[r])) for r in rows.tolist()])
+
+    def batches(self, order: torch.Tensor, batch_size: int, pin_memory: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(rows, inputs)`` for consecutive ``batch_size`` chunks of ``order``, read by the DataLoader's workers."""
+        chunks = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+        loader = torch.utils.data.DataLoader(_Rows(self.dataset, self.indices), batch_sampler=chunks,
+                                             num_workers=self.num_workers, pin_memory=pin_memory,
+                                             persistent_workers=False)
+        for chunk, inputs in zip(chunks, loader):
+            yield torch.tensor(chunk), inputs
+
+    def fingerprint_into(self, digest) -> None:
+        """The dataset's files (path, size, modification time) or its own description, and the rows."""
+        samples = getattr(self.dataset, "samples", None)
+        if samples is not None:
+            for path, label in samples:
+                stat = Path(path).stat()
+                digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        else:
+            digest.update(repr(self.dataset).encode())
+        digest.update(self.indices.numpy().tobytes())
+
+
+def iterate_rows(x, order: torch.Tensor, batch_size: int, pin_memory: bool = False
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(rows, inputs)`` batch by batch, for an in-memory tensor or :class:`LazyImages`."""
+    if isinstance(x, LazyImages):
+        yield from x.batches(order, batch_size, pin_memory)
+        return
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield rows, x[rows]
+
+
+def targets_of(dataset) -> torch.Tensor:
+    """Labels without decoding an image when the dataset keeps them (``targets``), else by reading each item."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets).long()
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+
+
+def fingerprint_lazy(x: LazyImages, y: torch.Tensor) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    x.fingerprint_into(digest)
+    digest.update(y.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def decode(path: str) -> torch.Tensor:
+    """An image file as a uint8 (C, H, W) tensor (PNG, JPEG, GIF, WEBP), without PIL."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    return decode_image(path, mode=ImageReadMode.UNCHANGED)
+
+
+def image_folder(root: str | Path, part: str):
+    """``root/part/<class>/*`` as a torchvision ``ImageFolder`` that decodes to uint8 tensors; one-line errors."""
+    from torchvision.datasets import ImageFolder
+
+    folder = Path(root) / part
+    if not folder.is_dir():
+        raise DataError(f"data.root: {folder.resolve()} is not a folder; the imagefolder dataset needs "
+                        f"root/train/<class>/* and root/test/<class>/* images")
+    try:
+        return ImageFolder(str(folder), loader=decode)
+    except FileNotFoundError as err:
+        raise DataError(f"data.root: {folder}: {str(err).splitlines()[0]}") from None
+
+
+def imagefolder_splits(root: str, download: bool):
+    """The ``imagefolder`` loader: streamed train and test splits and the class names (from train's folders)."""
+    from .data import Split
+
+    train, test = image_folder(root, "train"), image_folder(root, "test")
+    missing = sorted(set(test.classes) - set(train.classes))
+    if missing:
+        raise DataError(f"data.root: {Path(root) / 'test'} has classes {missing} that {Path(root) / 'train'} lacks")
+    # Test labels follow train's class numbering.
+    test_targets = torch.tensor([train.class_to_idx[test.classes[t]] for t in test.targets], dtype=torch.int64)
+    return (Split(LazyImages(train), targets_of(train)), Split(LazyImages(test), test_targets), list(train.classes))
