@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,7 +75,11 @@ class TrainerActor:
                 sink(epoch_metrics(record), step=record["epoch"])
 
         result = Trainer(spec, splits, Path(workdir), fingerprint, self.device).fit(on_epoch)
-        result.placement = {**self.placement(), "started": started, "finished": time.time()}
+        # Peak resident memory of this actor and of any DataLoader workers it started (Linux reports KiB).
+        peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        result.placement = {**self.placement(), "started": started, "finished": time.time(),
+                            "peak_rss_mb": peak_kib / 1024}
         self._progress = {**self._progress, "status": "done"}
         return result
 
