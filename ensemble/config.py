@@ -84,9 +84,10 @@ class OptimizerConfig(Section):
 
 
 class SchedulerConfig(Section):
-    name: Literal["none", "cosine", "step", "onecycle"] = "cosine"
+    name: Literal["none", "cosine", "step", "multistep", "onecycle"] = "cosine"
     step_size: int = Field(10, gt=0, description="epochs between decays (step)")
-    gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step)")
+    milestones: list[int] = Field(default_factory=list, description="epochs after which lr decays (multistep)")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step, multistep)")
     pct_start: float = Field(0.3, gt=0, lt=1, description="share of the steps spent warming up (onecycle)")
     div_factor: float = Field(25.0, ge=1, description="initial lr = optimizer.lr / div_factor (onecycle)")
     final_div_factor: float = Field(1e4, ge=1, description="final lr = initial lr / final_div_factor (onecycle)")
@@ -105,6 +106,10 @@ class TrainConfig(Section):
         "best", description="keep the weights of the epoch with the best validation accuracy, or of the last epoch")
     final_fit: bool = Field(
         False, description="then retrain on train + validation for the chosen epoch count (ensemble.final_fit)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast the forward pass and loss; "
+                                                        "fp16 (CUDA only) adds a gradient scaler")
+    channels_last: bool = Field(False, description="convolutional models and inputs in channels-last memory format")
+    compile: bool = Field(False, description="torch.compile the model (eager, with a warning, where unsupported)")
 
 
 class ResourcesConfig(Section):

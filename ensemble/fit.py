@@ -8,11 +8,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .data import Split
 from .final_fit import cut_to_train, final_data_fingerprint, final_spec, train_and_val
 from .models import check_output_width
+from .precision import check_precision
 from .runner import Resources, TrainJob, check_feasible, connect_ray, train_many
 from .tracking import Tracker
 from .trainer import Trainer, TrainResult, TrainSpec, epoch_metrics
@@ -109,6 +111,8 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
               options: FitOptions) -> Fitted:
     input_shape = tuple(splits["train"].x.shape[1:])
     for spec in specs:
+        if spec.train.precision == "fp16" and options.num_gpus == 0:
+            check_precision("fp16", torch.device("cpu"))  # fail before any actor or run starts
         width = num_classes if spec.target_map is None else int(spec.target_map.max()) + 1
         check_output_width(spec.model_factory(), input_shape, width, spec.name)
     jobs = []

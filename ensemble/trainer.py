@@ -24,6 +24,8 @@ from .errors import CheckpointError, TrainingDiverged
 from .lock import model_folder_lock
 from .models import model_identity
 from .objectives import CrossEntropy, Objective
+from .optim import make_optimizer, make_scheduler
+from .precision import autocast, check_precision, grad_scaler, prepare, to_memory_format
 from .streaming import as_input, iterate_rows
 from .transforms import hflip
 
@@ -92,29 +94,6 @@ class TrainResult:
     placement: dict = field(default_factory=dict)  # where it trained: node, GPU ids, device (set by the actor)
 
 
-def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    opt = train.optimizer
-    if opt.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    if opt.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int = 1):
-    """An epoch-wise schedule, or ``onecycle`` (Smith & Topor, 2019), which steps after every batch."""
-    sched = train.scheduler
-    if sched.name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=train.optimizer.lr, total_steps=max(1, train.epochs * steps_per_epoch),
-            pct_start=sched.pct_start, div_factor=sched.div_factor, final_div_factor=sched.final_div_factor)
-    if sched.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
-    if sched.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched.step_size, gamma=sched.gamma)
-    return None
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, x, batch_size: int = 2048, device="cpu") -> torch.Tensor:
     """Logits for every row of ``x`` (a tensor, or streamed :class:`ensemble.streaming.LazyImages`), in order."""
@@ -149,13 +128,25 @@ class _Run:
     best: dict = field(default_factory=lambda: {"val_accuracy": -1.0, "epoch": 0, "state": None})
     start_epoch: int = 0
     epochs_since_best: int = 0
+    stepped: object = None  # what the steps call: the model, channels-last and/or compiled
+    scaler: object = None  # fp16's gradient scaler
+
+    def step(self, loss: torch.Tensor) -> None:
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def checkpoint(self, fingerprint: str, epoch: int) -> dict:
         return {"fingerprint": fingerprint, "epoch": epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
                 "generator": self.generator.get_state(), "objective": self.objective.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": self.history, "best": self.best}
+                "torch_rng": torch.get_rng_state(), "history": self.history, "best": self.best,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
 
 
 class Trainer:
@@ -254,12 +245,15 @@ class Trainer:
     def _start(self) -> _Run:
         """The model, optimiser, schedule and generators, seeded; then the latest checkpoint's state, if any."""
         spec, train_cfg = self.spec, self.spec.train
+        check_precision(train_cfg.precision, self.device)
         self._seed_global_rng(spec.seed)
         model = spec.model_factory().to(self.device)
         optimizer = make_optimizer(model, train_cfg)
         run = _Run(model, optimizer, make_scheduler(optimizer, train_cfg, self._steps_per_epoch()),
                    torch.Generator().manual_seed(spec.seed), spec.objective.to(self.device),
-                   [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))])
+                   [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))],
+                   stepped=prepare(model, train_cfg.channels_last, train_cfg.compile, spec.name),
+                   scaler=grad_scaler(train_cfg.precision, self.device))
         checkpoint = self.checkpoints.latest()
         if checkpoint is not None:
             self._resume(run, checkpoint)
@@ -278,6 +272,8 @@ class Trainer:
         if run.scheduler is not None and checkpoint.get("scheduler"):
             run.scheduler.load_state_dict(checkpoint["scheduler"])
         run.objective.load_state_dict(checkpoint.get("objective", {}))
+        if run.scaler is not None and checkpoint.get("scaler"):
+            run.scaler.load_state_dict(checkpoint["scaler"])
         run.generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
         run.history, run.best, run.start_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"]
@@ -327,19 +323,20 @@ class Trainer:
         pin = self.device.type == "cuda"
         for idx, inputs in iterate_rows(x_train, order, batch_size, pin_memory=pin):
             # uint8 images stay uint8 until here: a quarter of the bytes to move, then scaled on the device.
-            xb = as_input(inputs.to(self.device, non_blocking=True))
+            xb = to_memory_format(as_input(inputs.to(self.device, non_blocking=True)), spec.train.channels_last)
             if spec.jitter:
                 xb = jitter(xb, spec.jitter, run.generator)
             if spec.hflip:
                 xb = hflip(xb, run.generator)
             yb = y_train[idx].to(self.device, non_blocking=True)
-            _, terms = run.objective(run.model, xb, yb, idx)
+            with autocast(spec.train.precision, self.device):
+                _, terms = run.objective(run.stepped, xb, yb, idx)
+            terms = {name: value.float() for name, value in terms.items()}
             # A term without a gradient (say, a discriminator's own loss) is logged, not optimised.
             monitored.update(name for name, value in terms.items() if not value.requires_grad)
             loss = sum(value for value in terms.values() if value.requires_grad)
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
+            run.step(loss)
             if per_batch_schedule:
                 run.scheduler.step()
             for constrain in run.constraints:
