@@ -12,6 +12,7 @@ from ensemble.checkpoint import state_fingerprint, tensor_fingerprint
 from ensemble.config import api_arguments, fingerprint
 from ensemble.data import Split, check_split, materialize
 from ensemble.errors import DataError
+from ensemble.cluster import connect_ray
 from ensemble.fit import FitOptions, api_tracking
 from ensemble.scores import Evaluation, Score
 from ensemble.streaming import as_input, iterate_rows
@@ -19,7 +20,7 @@ from ensemble.teacher import TeacherOutputs, as_teacher, outputs_in_batches
 from ensemble.trainer import TrainResult, TrainSpec, predict_logits
 from specialists.dustbin import find_head
 
-from .cache import write_targets
+from .cache import write_targets, write_targets_on_ray
 from .config import StudentConfig
 from .export import export_torchscript
 from .method import METHODS, MethodContext, build_method
@@ -115,10 +116,16 @@ class Distiller:
                                 "weights": state_fingerprint(online.state_dict()), "temperature": cfg.temperature,
                                 "top_k": cfg.cache.top_k, "data": [s.fingerprint() for s in (train, val) if s]})
         splits = [s for s in (train, val) if s is not None]
-        batches = (online(as_input(inputs), cfg.temperature) for split in splits
-                   for _, inputs in iterate_rows(split.x, torch.arange(len(split)), 4096))
         folder = Path(self.options.output_dir) / "teacher_targets" / identity
-        targets = write_targets(folder, batches, sum(len(s) for s in splits), cfg.cache.top_k, cfg.cache.rows_per_shard)
+        if self.options.in_process:
+            batches = (online(as_input(inputs), cfg.temperature) for split in splits
+                       for _, inputs in iterate_rows(split.x, torch.arange(len(split)), 4096))
+            targets = write_targets(folder, batches, sum(len(s) for s in splits), cfg.cache.top_k,
+                                    cfg.cache.rows_per_shard)
+        else:  # one Ray task per shard, as the cluster's CPUs allow
+            connect_ray(self.options.ray_address, self.options.ray_num_cpus, self.options.ray_num_gpus)
+            targets = write_targets_on_ray(folder, online, splits, cfg.temperature, cfg.cache.top_k,
+                                           cfg.cache.rows_per_shard, self.options.num_cpus)
         return targets, f"{self.teacher.teacher_name()}:{identity}"
 
     # --- training ---

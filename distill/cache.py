@@ -119,3 +119,63 @@ def _flush(folder: Path, buffers: dict[str, list[np.ndarray]], shard: int, rows_
         np.save(folder / f"{shard:05d}_{name}.npy", joined[:rows_per_shard])
         buffers[name] = [joined[rows_per_shard:]]
     return shard + 1
+
+
+def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature: float, top: int | None = None,
+                         rows_per_shard: int = 65536, num_cpus: float = 1) -> ShardedTargets:
+    """The same shards as :func:`write_targets`, each computed and written by its own Ray task.
+
+    Plain Ray tasks rather than Ray Data: the rows are addressed by sample id and the splits (in-memory arrays in
+    the object store, or streamed file lists) already travel to workers as they are; a shard is a contiguous range
+    of ids, so each task knows where its rows go without a shuffle or a sort.
+    """
+    import ray
+
+    from ensemble.data import to_numpy
+
+    folder = Path(folder)
+    if (folder / "meta.json").is_file():
+        return ShardedTargets(folder)
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    total = sum(len(s) for s in splits)
+    teacher_ref, data_ref = ray.put(teacher), ray.put([to_numpy(s) for s in splits])
+    task = _shard_task.options(num_cpus=num_cpus)
+    ray.get([task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature, top,
+                         str(partial), shard)
+             for shard, start in enumerate(range(0, total, rows_per_shard))])
+    (partial / "meta.json").write_text(json.dumps({"rows": total, "rows_per_shard": rows_per_shard,
+                                                   "shards": -(-total // rows_per_shard), "top_k": top}))
+    try:
+        partial.rename(folder)
+    except OSError:  # another process finished the same cache first: theirs is identical
+        shutil.rmtree(partial, ignore_errors=True)
+    return ShardedTargets(folder)
+
+
+def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, top: int | None, folder: str,
+                     shard: int) -> None:
+    """Rows ``start..stop`` of the splits joined end to end, through the teacher, saved as shard ``shard``."""
+    from ensemble.data import from_numpy
+    from ensemble.streaming import as_input, iterate_rows
+
+    parts, offset = [], 0
+    for split in (from_numpy(d) for d in data):
+        lo, hi = max(start, offset), min(stop, offset + len(split))
+        if lo < hi:
+            for _, inputs in iterate_rows(split.x, torch.arange(lo - offset, hi - offset), 4096):
+                with torch.no_grad():
+                    parts.append(_arrays(teacher(as_input(inputs), temperature), top))
+        offset += len(split)
+    for name in parts[0]:
+        np.save(Path(folder) / f"{shard:05d}_{name}.npy", np.concatenate([p[name] for p in parts]))
+
+
+def _remote(fn):
+    import ray
+
+    return ray.remote(fn)
+
+
+_shard_task = _remote(_shard_task_body)
