@@ -80,9 +80,7 @@ def write_targets(folder: str | Path, batches: Iterable[TeacherOutputs], rows: i
     folder = Path(folder)
     if (folder / "meta.json").is_file():
         return ShardedTargets(folder)
-    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = _partial_folder(folder)
     buffers: dict[str, list[np.ndarray]] = {}
     written, shard = 0, 0
     for batch in batches:
@@ -96,8 +94,19 @@ def write_targets(folder: str | Path, batches: Iterable[TeacherOutputs], rows: i
         raise ValueError(f"teacher cache: wrote {written} rows, expected {rows}")
     if buffers and sum(len(a) for a in next(iter(buffers.values()))):
         shard = _flush(partial, buffers, shard, rows_per_shard)
-    (partial / "meta.json").write_text(json.dumps({"rows": rows, "rows_per_shard": rows_per_shard, "shards": shard,
-                                                   "top_k": top}))
+    return _complete(partial, folder, {"rows": rows, "rows_per_shard": rows_per_shard, "shards": shard, "top_k": top})
+
+
+def _partial_folder(folder: Path) -> Path:
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _complete(partial: Path, folder: Path, meta: dict) -> ShardedTargets:
+    """Write ``meta.json`` last, then rename the folder into place: readers see a whole cache or none."""
+    (partial / "meta.json").write_text(json.dumps(meta))
     try:
         partial.rename(folder)
     except OSError:  # another process finished the same cache first: theirs is identical
@@ -136,22 +145,15 @@ def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature:
     folder = Path(folder)
     if (folder / "meta.json").is_file():
         return ShardedTargets(folder)
-    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = _partial_folder(folder)
     total = sum(len(s) for s in splits)
     teacher_ref, data_ref = ray.put(teacher), ray.put([to_numpy(s) for s in splits])
     task = _shard_task.options(num_cpus=num_cpus)
     ray.get([task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature, top,
                          str(partial), shard)
              for shard, start in enumerate(range(0, total, rows_per_shard))])
-    (partial / "meta.json").write_text(json.dumps({"rows": total, "rows_per_shard": rows_per_shard,
-                                                   "shards": -(-total // rows_per_shard), "top_k": top}))
-    try:
-        partial.rename(folder)
-    except OSError:  # another process finished the same cache first: theirs is identical
-        shutil.rmtree(partial, ignore_errors=True)
-    return ShardedTargets(folder)
+    return _complete(partial, folder, {"rows": total, "rows_per_shard": rows_per_shard,
+                                       "shards": -(-total // rows_per_shard), "top_k": top})
 
 
 def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, top: int | None, folder: str,
