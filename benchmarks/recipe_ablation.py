@@ -50,6 +50,8 @@ STEPS = [
 BRANCHES = [
     ("final_fit", "batch100_lr", "train.final_fit: the best epoch count on the 10% hold-out, then all 60,000",
      ["ensemble.train.final_fit=true", "student.train.final_fit=true"]),
+    ("student_jitter", "all_data", "the students see inputs jittered by 2 px; the teacher runs online on them",
+     ["student.jitter=2"]),
 ]
 
 
