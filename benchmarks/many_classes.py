@@ -27,13 +27,14 @@ OUT = REPO / "benchmarks" / "results" / "many_classes.json"
 WORK = REPO / "runs" / "many_classes"
 
 
-def make_data(path: Path, classes: int, groups: int, per_class: int, seed: int = 0) -> np.ndarray:
-    """Write the .npz; returns each class's hidden group."""
+def make_data(path: Path, classes: int, groups: int, per_class: int, spread: float, seed: int = 0) -> np.ndarray:
+    """Write the .npz; returns each class's hidden group. Class means lie ``spread`` (per dimension) around their
+    group's centre and examples 1.0 around their class mean, so classes of a group overlap and groups do not."""
     rng = np.random.default_rng(seed)
     dim = 64
     group_of = np.arange(classes) % groups
     centres = rng.normal(0, 6.0, (groups, dim))
-    means = centres[group_of] + rng.normal(0, 1.0, (classes, dim))
+    means = centres[group_of] + rng.normal(0, spread, (classes, dim))
 
     def draw(n: int):
         y = np.repeat(np.arange(classes), n)
@@ -78,10 +79,11 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=30)
     parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--spread", type=float, default=0.15, help="class means around their group centre")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     data = WORK / "data.npz"
-    hidden = make_data(data, args.classes, args.groups, args.per_class)
+    hidden = make_data(data, args.classes, args.groups, args.per_class, args.spread)
     dense, dense_s = run(config(data, args.groups, None), "dense")
     topk, topk_s = run(config(data, args.groups, args.top_k), "topk")
     found = np.full(args.classes, -1)
@@ -94,7 +96,7 @@ def main() -> None:
     topk_bytes = sum(f.stat().st_size for f in cache_dir.rglob("*.npy"))
     spec = dense["specialists"]
     record = {
-        "classes": args.classes, "hidden_groups": args.groups, "train_examples": n_train,
+        "classes": args.classes, "hidden_groups": args.groups, "train_examples": n_train, "spread": args.spread,
         "specialists": len(spec["groups"]), "adjusted_rand_index": adjusted_rand_score(hidden, found),
         "generalist_test_errors": spec["generalist_test_errors"], "specialists_test_errors": spec["test_errors"],
         "test_examples": args.classes * max(1, args.per_class // 3),

@@ -37,7 +37,9 @@ def ablation_table() -> tuple[str, float]:
         since = "" if base or not gap else previous_name
         cells = [f"{record[k]}{_delta(record, before, k, since)}" for k, _ in ROWS]
         label = f"{name} (from {base})" if base else name
-        lines.append(f"| {label} | {what} | {' | '.join(cells)} | {record['gap_recovered']:.0%} | "
+        gap_cell = (f"{record['gap_recovered']:.0%}" if record["baseline_errors"] > record["teacher_errors"]
+                    else "n/a: the baseline beats the teacher")
+        lines.append(f"| {label} | {what} | {' | '.join(cells)} | {gap_cell} | "
                      f"{record['wall_seconds'] / 60:.1f} |")
         if not base:
             previous, previous_name, gap = record, name, False

@@ -34,7 +34,8 @@ def many_classes_table() -> str:
     r = _load("many_classes")
     if r is None:
         return "`python benchmarks/many_classes.py` has not been run yet."
-    rows = [("classes / hidden groups", f"{r['classes']:,} / {r['hidden_groups']}"),
+    rows = [("classes / hidden groups / class spread in a group",
+             f"{r['classes']:,} / {r['hidden_groups']} / {r.get('spread', 1.0)}"),
             ("specialists trained", r["specialists"]),
             ("groups recovered (adjusted Rand index)", f"{r['adjusted_rand_index']:.3f}"),
             ("test errors: generalist -> generalist + specialists",
@@ -49,6 +50,27 @@ def many_classes_table() -> str:
     return "\n".join(["| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]])
 
 
+def data_scale_table() -> str:
+    r = _load("data_scale")
+    if r is None:
+        return "`python benchmarks/data_scale.py` has not been run yet."
+    acc, mem, thr = r["accuracy"], r["memory"], r["throughput"]
+    rows = [("`distill run`, teacher test accuracy: in memory vs streamed PNGs",
+             f"{acc['in_memory']['teacher_test_accuracy']:.4f} vs {acc['streamed']['teacher_test_accuracy']:.4f}"),
+            ("`distill run`, student test accuracy: in memory vs streamed PNGs",
+             f"{acc['in_memory']['student_test_accuracy']:.4f} vs {acc['streamed']['student_test_accuracy']:.4f}"),
+            (f"peak RSS, driver: S = {mem['1S']['train_examples']:,} vs 4S = {mem['4S']['train_examples']:,} images",
+             f"{mem['1S']['driver_peak_rss_mb']:.0f} MB vs {mem['4S']['driver_peak_rss_mb']:.0f} MB "
+             f"({r['peak_ratio_4S_over_S']['driver']:.2f}x; goal <= 1.2x)"),
+            ("peak RSS, actor (with its DataLoader worker): S vs 4S",
+             f"{mem['1S']['actor_peak_rss_mb']:.0f} MB vs {mem['4S']['actor_peak_rss_mb']:.0f} MB "
+             f"({r['peak_ratio_4S_over_S']['actor']:.2f}x; goal <= 1.2x)"),
+            ("training images/s, one member: in memory vs streamed PNGs (1 worker)",
+             f"{thr['in_memory']['samples_per_second']:.0f} vs {thr['streamed']['samples_per_second']:.0f} "
+             f"({r['streamed_over_in_memory_throughput']:.2f}x; goal >= 0.7x)")]
+    return "\n".join(["| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]])
+
+
 def scale_section() -> tuple[str, float]:
     r = _load("many_classes")
     wall = sum(r["seconds"].values()) if r else 0.0
@@ -57,6 +79,10 @@ def scale_section() -> tuple[str, float]:
 ### Eq. 5 with overlapping, disagreeing specialists (`python benchmarks/eq5_solver.py`)
 
 {eq5_table()}
+
+### MNIST as an ImageFolder of PNG files, streamed (`python benchmarks/data_scale.py`)
+
+{data_scale_table()}
 
 ### 1,000 classes in 50 hidden groups (`python benchmarks/many_classes.py`)
 
