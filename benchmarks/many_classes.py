@@ -47,7 +47,7 @@ def make_data(path: Path, classes: int, groups: int, per_class: int, spread: flo
     return group_of
 
 
-def config(data: Path, groups: int, top_k: int | None) -> dict:
+def config(data: Path, groups: int, top_k: int | None, temperature: float) -> dict:
     mlp = {"name": "mlp", "params": {"hidden": [256]}}
     train = {"epochs": 12, "batch_size": 256, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}
     return {
@@ -57,7 +57,8 @@ def config(data: Path, groups: int, top_k: int | None) -> dict:
         "generalist": {"enabled": True},
         "specialists": {"enabled": True, "count": groups, "min_group_size": 2, "train": {
             "epochs": 3, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9}}},
-        "student": {"model": {"name": "mlp", "params": {"hidden": [128]}}, "teacher": "ensemble", "temperature": 4,
+        "student": {"model": {"name": "mlp", "params": {"hidden": [128]}}, "teacher": "ensemble",
+                    "temperature": temperature,
                     "alpha": 0.9, "baseline": top_k is None, "train": train, "registered_model": None,
                     "cache": {"store": "disk" if top_k else "memory", "top_k": top_k}},
         "tracking": {"uri": f"sqlite:///{WORK}/mlflow.db", "experiment": "many-classes"},
@@ -79,13 +80,14 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=30)
     parser.add_argument("--top-k", type=int, default=20)
-    parser.add_argument("--spread", type=float, default=0.15, help="class means around their group centre")
+    parser.add_argument("--spread", type=float, default=0.5, help="class means around their group centre")
+    parser.add_argument("--temperature", type=float, default=2.0)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     data = WORK / "data.npz"
     hidden = make_data(data, args.classes, args.groups, args.per_class, args.spread)
-    dense, dense_s = run(config(data, args.groups, None), "dense")
-    topk, topk_s = run(config(data, args.groups, args.top_k), "topk")
+    dense, dense_s = run(config(data, args.groups, None, args.temperature), "dense")
+    topk, topk_s = run(config(data, args.groups, args.top_k, args.temperature), "topk")
     found = np.full(args.classes, -1)
     for g, group in enumerate(dense["specialists"]["groups"]):
         found[group] = g  # overlap 1: disjoint groups
@@ -97,6 +99,7 @@ def main() -> None:
     spec = dense["specialists"]
     record = {
         "classes": args.classes, "hidden_groups": args.groups, "train_examples": n_train, "spread": args.spread,
+        "temperature": args.temperature,
         "specialists": len(spec["groups"]), "adjusted_rand_index": adjusted_rand_score(hidden, found),
         "generalist_test_errors": spec["generalist_test_errors"], "specialists_test_errors": spec["test_errors"],
         "test_examples": args.classes * max(1, args.per_class // 3),

@@ -34,8 +34,8 @@ def many_classes_table() -> str:
     r = _load("many_classes")
     if r is None:
         return "`python benchmarks/many_classes.py` has not been run yet."
-    rows = [("classes / hidden groups / class spread in a group",
-             f"{r['classes']:,} / {r['hidden_groups']} / {r.get('spread', 1.0)}"),
+    rows = [("classes / hidden groups / class spread in a group / T",
+             f"{r['classes']:,} / {r['hidden_groups']} / {r.get('spread', 1.0)} / {r.get('temperature', 4)}"),
             ("specialists trained", r["specialists"]),
             ("groups recovered (adjusted Rand index)", f"{r['adjusted_rand_index']:.3f}"),
             ("test errors: generalist -> generalist + specialists",
