@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from ensemble.errors import DistillError, ModelError
-from ensemble.models import count_parameters
 from ensemble.tracking import Tracker
 
 _URI_LOCK = threading.RLock()  # the URIs are process-wide: two threads must not swap them under each other
@@ -86,11 +85,6 @@ def measure_latency(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Ten
     p90 = sorted(times_ms)[math.ceil(0.9 * repeats) - 1]  # nearest rank: an observed time, not an interpolation
     size = int(batch.shape[0])
     return {"batch_size": size, "median_ms": median, "p90_ms": p90, "per_example_us": median * 1000 / size}
-
-
-def model_summary(model: nn.Module, path: str | Path | None = None) -> dict:
-    """Parameter count and, once the model has been written out, its size on disk."""
-    return {"params": count_parameters(model), "file_bytes": Path(path).stat().st_size if path else None}
 
 
 @contextmanager

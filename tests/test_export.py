@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from distill.export import export_torchscript, log_model, measure_latency, mlflow_uri_scope, model_summary
+from distill.export import export_torchscript, log_model, measure_latency, mlflow_uri_scope
 from ensemble.errors import DistillError, ModelError
 from ensemble.models import build_model, count_parameters
 from ensemble.tracking import Tracker
@@ -38,10 +38,7 @@ def test_torchscript_round_trip_matches_eager_on_another_batch_size(tmp_path, di
         assert got.shape == (len(batch), 10)
         assert not torch.allclose(got[0], got[1]), "rows differ, so a broadcast first row would fail"
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    summary = model_summary(model, path)
-    assert summary == {"params": count_parameters(model), "file_bytes": path.stat().st_size}
-    assert summary["file_bytes"] > 4 * summary["params"]  # float32 weights are in the file
-    assert model_summary(model) == {"params": count_parameters(model), "file_bytes": None}
+    assert path.stat().st_size > 4 * count_parameters(model)  # float32 weights are in the file
 
 
 class _Noisy(nn.Module):
