@@ -15,7 +15,7 @@ from ensemble.errors import DataError
 from ensemble.cluster import connect_ray
 from ensemble.fit import FitOptions, api_tracking
 from ensemble.scores import Evaluation, Score
-from ensemble.streaming import as_input, iterate_rows
+from ensemble.streaming import as_input, in_order
 from ensemble.teacher import TeacherOutputs, as_teacher, outputs_in_batches
 from ensemble.trainer import TrainResult, TrainSpec, predict_logits
 from specialists.dustbin import find_head
@@ -119,7 +119,7 @@ class Distiller:
         folder = Path(self.options.output_dir) / "teacher_targets" / identity
         if self.options.in_process:
             batches = (online(as_input(inputs), cfg.temperature) for split in splits
-                       for _, inputs in iterate_rows(split.x, torch.arange(len(split)), 4096))
+                       for inputs in in_order(split.x, 4096))
             targets = write_targets(folder, batches, sum(len(s) for s in splits), cfg.cache.top_k,
                                     cfg.cache.rows_per_shard)
         else:  # one Ray task per shard, as the cluster's CPUs allow

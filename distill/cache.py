@@ -160,13 +160,13 @@ def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, t
                      shard: int) -> None:
     """Rows ``start..stop`` of the splits joined end to end, through the teacher, saved as shard ``shard``."""
     from ensemble.data import from_numpy
-    from ensemble.streaming import as_input, iterate_rows
+    from ensemble.streaming import as_input, in_order
 
     parts, offset = [], 0
     for split in (from_numpy(d) for d in data):
         lo, hi = max(start, offset), min(stop, offset + len(split))
         if lo < hi:
-            for _, inputs in iterate_rows(split.x, torch.arange(lo - offset, hi - offset), 4096):
+            for inputs in in_order(split.x, 4096, lo - offset, hi - offset):
                 with torch.no_grad():
                     parts.append(_arrays(teacher(as_input(inputs), temperature), top))
         offset += len(split)

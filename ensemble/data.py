@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .streaming import LazyImages, fingerprint_lazy, imagefolder_splits, targets_of
+from .streaming import LazyImages, fingerprint_lazy, imagefolder_splits, in_order, targets_of
 
 
 @dataclass
@@ -221,7 +221,7 @@ def place(splits: DatasetSplits, in_memory: bool | str, memory_budget_mb: float,
 
 def read_all(x: LazyImages) -> torch.Tensor:
     """Every example of a lazy split, in order, read by the DataLoader's workers."""
-    return torch.cat([inputs for _, inputs in x.batches(torch.arange(len(x)), 1024)])
+    return torch.cat(list(in_order(x, 1024)))
 
 
 def materialize(dataset, where: str = "dataset", memory_budget_mb: float = 2048) -> Split:

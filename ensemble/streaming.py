@@ -121,6 +121,17 @@ def iterate_rows(x, order: torch.Tensor, batch_size: int, pin_memory: bool = Fal
         yield rows, x[rows]
 
 
+def in_order(x, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+    """Rows ``start..stop`` of ``x`` batch by batch, in order: slices (views, no copy) of an in-memory tensor, or
+    reads of :class:`LazyImages` through its DataLoader."""
+    stop = len(x) if stop is None else stop
+    if isinstance(x, LazyImages):
+        yield from (inputs for _, inputs in x.batches(torch.arange(start, stop), batch_size))
+        return
+    for i in range(start, stop, batch_size):
+        yield x[i : min(i + batch_size, stop)]
+
+
 def targets_of(dataset) -> torch.Tensor:
     """Labels without decoding an image when the dataset keeps them (``targets``), else by reading each item."""
     targets = getattr(dataset, "targets", None)

@@ -18,7 +18,7 @@ from torch import nn
 
 from .data import Split
 from .soft_targets import Mean, ensemble_probs, temperature_softmax
-from .streaming import as_input, iterate_rows
+from .streaming import as_input, in_order
 
 
 @dataclass
@@ -71,7 +71,7 @@ def outputs_in_batches(teacher: nn.Module, x: torch.Tensor, temperature: float, 
                        ) -> TeacherOutputs:
     """Run an online teacher over ``x`` a batch at a time."""
     return TeacherOutputs.cat([teacher(as_input(inputs), temperature)
-                               for _, inputs in iterate_rows(x, torch.arange(len(x)), batch_size)])
+                               for inputs in in_order(x, batch_size)])
 
 
 class ModuleOutputs(nn.Module):

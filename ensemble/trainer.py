@@ -26,7 +26,7 @@ from .models import model_identity
 from .objectives import CrossEntropy, Objective
 from .optim import make_optimizer, make_scheduler
 from .precision import autocast, check_precision, grad_scaler, prepare, to_memory_format
-from .streaming import as_input, iterate_rows
+from .streaming import as_input, in_order, iterate_rows
 from .transforms import hflip
 
 
@@ -100,7 +100,7 @@ def predict_logits(model: nn.Module, x, batch_size: int = 2048, device="cpu") ->
     was_training = model.training
     model.eval()
     out = [model(as_input(inputs.to(device))).float().cpu()
-           for _, inputs in iterate_rows(x, torch.arange(len(x)), batch_size)]
+           for inputs in in_order(x, batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .errors import DataError
-from .streaming import as_input, iterate_rows
+from .streaming import as_input, in_order
 
 
 def channel_stats(x: torch.Tensor, batch: int = 8192) -> tuple[list[float], list[float]]:
@@ -24,7 +24,7 @@ def channel_stats(x: torch.Tensor, batch: int = 8192) -> tuple[list[float], list
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
     count = 0
-    for _, inputs in iterate_rows(x, torch.arange(len(x)), batch):
+    for inputs in in_order(x, batch):
         part = as_input(inputs).double().transpose(0, 1).reshape(channels, -1)
         total += part.sum(1)
         squares += (part * part).sum(1)
