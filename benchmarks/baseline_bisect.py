@@ -50,9 +50,10 @@ def raw_mnist() -> dict[str, Split]:
             "test": Split(images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte"))}
 
 
-def recipe(epochs: int) -> TrainConfig:
+def recipe(epochs: int, weight_decay: float = 0.0) -> TrainConfig:
     return TrainConfig.model_validate({"epochs": epochs, "batch_size": 100, "select": "last",
-                                       "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+                                       "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9,
+                                                     "weight_decay": weight_decay},
                                        "scheduler": {"name": "onecycle"}})
 
 
@@ -66,9 +67,18 @@ def errors(model: torch.nn.Module, test: Split) -> int:
         return int((model(test.x).argmax(1) != test.y).sum())
 
 
-def bare(data: dict[str, Split], epochs: int, seed: int) -> int:
+def with_dropout_layers() -> torch.nn.Module:
+    """The same 2x800 net with a ``Dropout(0.0)`` after the input and each hidden layer, as the plain loop builds
+    it (dropout with p = 0 is the identity, so this should change nothing)."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.0))
+    for width_in, width_out in ((784, 800), (800, 800)):
+        net.extend([torch.nn.Linear(width_in, width_out), torch.nn.ReLU(), torch.nn.Dropout(0.0)])
+    return net.append(torch.nn.Linear(800, 10))
+
+
+def bare(data: dict[str, Split], epochs: int, seed: int, build=None) -> int:
     torch.manual_seed(seed)
-    model = student()()
+    model = (build or student())()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     steps = len(data["train"].y) // 100
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=epochs * steps)
@@ -86,9 +96,9 @@ def bare(data: dict[str, Split], epochs: int, seed: int) -> int:
     return errors(model, data["test"])
 
 
-def through_trainer(data: dict[str, Split], epochs: int, seed: int) -> int:
+def through_trainer(data: dict[str, Split], epochs: int, seed: int, weight_decay: float = 0.0) -> int:
     splits = {"train": data["train"], "val": Split(data["test"].x[:500], data["test"].y[:500])}
-    spec = TrainSpec("student_baseline", "student_baseline", student(), recipe(epochs), seed)
+    spec = TrainSpec("student_baseline", "student_baseline", student(), recipe(epochs, weight_decay), seed)
     with tempfile.TemporaryDirectory() as workdir:
         result = Trainer(spec, splits, Path(workdir), "bisect").fit()
     model = student()()
@@ -102,14 +112,17 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", nargs="*", default=["bare", "trainer", "trainer_split"])
-    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--out", default=str(OUT), help="merged into an existing record: variants run now replace "
+                        "theirs, the others are kept")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     raw = raw_mnist()
     split = load_dataset("mnist", str(REPO.parent / "shared" / "data"), val_size=0.01, seed=0)
     pipeline_split = {"train": split.train, "test": split.test}
     variants = {"bare": lambda s: bare(raw, args.epochs, s), "trainer": lambda s: through_trainer(raw, args.epochs, s),
-                "trainer_split": lambda s: through_trainer(pipeline_split, args.epochs, s)}
+                "trainer_split": lambda s: through_trainer(pipeline_split, args.epochs, s),
+                "dropout_layers": lambda s: bare(raw, args.epochs, s, with_dropout_layers),
+                "trainer_wd5e-4": lambda s: through_trainer(raw, args.epochs, s, 5e-4)}
     rows = {}
     for name, run in variants.items():
         if name not in args.variants:
@@ -124,9 +137,12 @@ def main() -> None:
     print("\n| variant | test errors per seed | mean ± std |\n|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {', '.join(map(str, row['errors']))} | {row['mean']:.1f} ± {row['std']:.1f} |")
-    record = {"epochs": args.epochs, "seeds": args.seeds, "threads": args.threads, "variants": rows,
-              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    out = Path(args.out)
+    record = json.loads(out.read_text()) if out.exists() else {"variants": {}}
+    record["variants"].update({name: {**row, "threads": args.threads, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+                               for name, row in rows.items()})
+    record.update({"epochs": args.epochs, "seeds": args.seeds})
+    out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
