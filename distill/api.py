@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ensemble.calibration import mean_kl, reliability_bins, top1_agreement
 from ensemble.checkpoint import state_fingerprint, tensor_fingerprint
 from ensemble.config import api_arguments, fingerprint
 from ensemble.data import Split, check_split, materialize
@@ -22,10 +23,22 @@ from specialists.dustbin import find_head
 
 from .cache import write_targets, write_targets_on_ray
 from .config import StudentConfig
-from .export import export_torchscript
+from .formats import export_model
 from .method import METHODS, MethodContext, build_method
 from .objective import DistillationObjective
 from .transfer import SubsetSampler, choose_bias_shift, left_out_classes, shifted, transfer_indices
+
+
+def following(log_probs: dict[str, torch.Tensor]) -> dict:
+    """How closely the student (and the hard-label baseline) follow the teacher: top-1 agreement and the mean
+    KL(teacher ‖ model) at T = 1, from each model's log-probabilities on the same rows."""
+    teacher = log_probs["teacher"].exp()
+    measures = {}
+    for name, prefix in (("student", ""), ("baseline", "baseline_")):
+        if name in log_probs:
+            measures[f"{prefix}agreement"] = top1_agreement(teacher, log_probs[name].exp())
+            measures[f"{prefix}kl_from_teacher"] = mean_kl(teacher, log_probs[name])
+    return measures
 
 
 def cached_teacher_id(kind: str, outputs: TeacherOutputs) -> str:
@@ -48,7 +61,7 @@ class Distiller:
     under its name such as ``fitnets={...}``), so the CLI and the API share one mapping.
 
     >>> d = Distiller(ens, student_factory, {"temperature": 20, "alpha": 0.9}).fit(train, val, test)
-    >>> d.evaluate(test); d.export("student.pt")
+    >>> d.evaluate(test); d.export("student.pt2")
     """
 
     def __init__(self, teacher, student_factory: Callable[[], nn.Module], config: StudentConfig | dict | None = None,
@@ -185,11 +198,14 @@ class Distiller:
         """Scores of the student (and before any bias shift), the baseline and the teacher on ``test``."""
         split = materialize(test, "test")
         student_logits = predict_logits(self.student_, split.x)
-        scores = {"student": Score.from_logits(student_logits, split.y),
-                  "teacher": Score.from_log_probs(self.teacher_logits(split.x), split.y)}
-        details: dict = {"bias_shift": self.bias_shift_}
+        teacher_log_probs = self.teacher_logits(split.x)
+        log_probs = {"student": torch.log_softmax(student_logits.float(), dim=1), "teacher": teacher_log_probs}
         if self.baseline_ is not None:
-            scores["baseline"] = Score.from_logits(predict_logits(self.baseline_, split.x), split.y)
+            log_probs["baseline"] = torch.log_softmax(predict_logits(self.baseline_, split.x).float(), dim=1)
+        scores = {name: Score.from_log_probs(value, split.y) for name, value in log_probs.items()}
+        details: dict = {"bias_shift": self.bias_shift_, **following(log_probs),
+                         "reliability": {name: reliability_bins(value.exp(), split.y)
+                                         for name, value in log_probs.items()}}
         if self.left_out_:
             unshifted = shifted(student_logits, self.left_out_, -self.bias_shift_)
             scores["student_before_shift"] = Score.from_logits(unshifted, split.y)
@@ -199,8 +215,9 @@ class Distiller:
                             "left_out_examples": int(mask.sum())})
         return Evaluation(scores, details)
 
-    def export(self, path: str | Path, example: torch.Tensor | None = None) -> Path:
-        """The student as TorchScript (with any bias shift), checked to give the same outputs."""
+    def export(self, path: str | Path, example: torch.Tensor | None = None, fmt: str | None = None) -> Path:
+        """The student (with any bias shift) as the file ``path`` names by its suffix (``.pt2``, ``.onnx``, ``.pt``)
+        or as ``fmt``, checked to reproduce its outputs within 1e-4 (:mod:`distill.formats`)."""
         if example is None:
             example = torch.zeros(2, *self.input_shape_)
-        return export_torchscript(self.student_, example, path)
+        return export_model(self.student_, example, path, fmt)

@@ -50,6 +50,10 @@ class StudentConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     registered_model: str | None = Field("distilled-student", description="MLflow model registry name")
+    registered_alias: str | None = Field("champion", description="alias moved to each new version, so "
+                                         "models:/NAME@ALIAS resolves to it (MLflow reserves 'latest' and 'vN')")
+    export: list[str] = Field(["pt2", "onnx"], min_length=1, description="files the student ships as, the first "
+                              "being the main one: pt2 (torch.export), onnx (run by onnxruntime), torchscript")
 
     @model_validator(mode="before")
     @classmethod
@@ -81,6 +85,26 @@ class StudentConfig(Section):
                 raise ValueError(str(err)) from None
         return self
 
+    @field_validator("export")
+    @classmethod
+    def _known_formats(cls, names: list[str]) -> list[str]:
+        from .formats import FORMATS
+
+        unknown = [name for name in names if name not in FORMATS]
+        if unknown:
+            raise ValueError(f"unknown export format {unknown[0]!r}; expected some of {sorted(FORMATS)}")
+        return list(dict.fromkeys(names))
+
+    @field_validator("registered_alias")
+    @classmethod
+    def _usable_alias(cls, alias: str | None) -> str | None:
+        import re
+
+        if alias is not None and (alias.lower() == "latest" or re.fullmatch(r"v\d+", alias, re.IGNORECASE)):
+            raise ValueError(f"{alias!r} is reserved by MLflow (models:/NAME/latest already means the newest "
+                             "version); choose another alias, such as champion")
+        return alias
+
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, name: str) -> str:
@@ -101,6 +125,8 @@ class SweepConfig(Section):
 class Config(StageConfig):
     """Root of the config: the ensemble stage's sections plus ``specialists``, ``student`` and ``sweep``."""
 
+    name: str | None = Field(None, description="names the MLflow parent runs ('NAME: run'); by default the config "
+                             "file's name")
     imports: list[str] = Field(default_factory=list, description="modules or .py files imported before the config "
                                "is checked: they register models, losses, methods, teachers, datasets")
 
@@ -113,10 +139,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """YAML (default: the digits demo) + ``--set a.b=c`` overrides, validated; a wrong key is an error."""
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
-    return _load(Config, path, overrides, prepare=_import_plugins)
+    return _load(Config, path, overrides, prepare=_prepare)
 
 
-def _import_plugins(tree: dict, path: Path | None) -> None:
+def _prepare(tree: dict, path: Path | None) -> None:
+    """Name the config after its file unless it names itself; import its plugins before validation."""
+    if path is not None and tree.get("name") is None:
+        tree["name"] = Path(path).stem
     imports = tree.get("imports") or []
     if not isinstance(imports, list):
         raise ConfigError(f"imports: expected a list of modules or .py files, got {imports!r}")

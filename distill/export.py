@@ -1,4 +1,4 @@
-"""Ship a trained student: a checked TorchScript file, its latency, and an MLflow (registered) model."""
+"""Ship a trained student: its latency, and an MLflow (registered) model; the files are :mod:`distill.formats`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import statistics
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ensemble.errors import DistillError, ModelError
+from ensemble.errors import DistillError
 from ensemble.tracking import Tracker
 
 _URI_LOCK = threading.RLock()  # the URIs are process-wide: two threads must not swap them under each other
@@ -29,40 +28,6 @@ def _frozen_cpu_copy(model: nn.Module) -> nn.Module:
 
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
-    with warnings.catch_warnings():
-        # torch 2.15 marks torch.jit as deprecated; TorchScript is still what runs without Python (C++, mobile).
-        warnings.simplefilter("ignore", FutureWarning)
-        return _export_torchscript(model, example, path)
-
-
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
-    """Trace (or, failing that, script) ``model`` into ``path``; a file that loads but computes something else is
-    worse than none, so the reloaded file must reproduce the eager outputs on ``example``."""
-    path = Path(path)
-    frozen = _frozen_cpu_copy(model)
-    example = example.detach().cpu()
-    with torch.no_grad():
-        expected = frozen(example)
-        try:
-            compiled = torch.jit.trace(frozen, example)
-        except Exception as trace_err:  # noqa: BLE001 - tracing fails in many ways; scripting is the fallback
-            try:
-                compiled = torch.jit.script(frozen)
-            except Exception as script_err:  # noqa: BLE001
-                raise ModelError(
-                    f"export: cannot trace ({_first_line(trace_err)}) or script ({_first_line(script_err)}) the model"
-                ) from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(compiled, str(path))
-    with torch.no_grad():
-        actual = torch.jit.load(str(path), map_location="cpu")(example)
-    same = isinstance(actual, torch.Tensor) and actual.shape == expected.shape and actual.allclose(expected, atol=1e-5)
-    if not same:
-        raise ModelError(f"export: the TorchScript model saved to {path} does not reproduce the eager outputs")
-    return path
 
 
 def measure_latency(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, repeats: int = 20,
@@ -126,8 +91,9 @@ def _restore_env(saved: dict[str, str | None]) -> None:
 
 
 def log_model(tracker: Tracker, run_id: str, model: nn.Module, example: torch.Tensor,
-              registered_name: str | None = None) -> dict:
-    """Log ``model`` to the existing run ``run_id`` in ``tracker``'s store; register it when a name is given.
+              registered_name: str | None = None, alias: str | None = None, version_tags: dict | None = None) -> dict:
+    """Log ``model`` to the existing run ``run_id`` in ``tracker``'s store; register it when a name is given, with
+    ``version_tags`` on the new version and ``alias`` moved to it (``models:/NAME@ALIAS``).
 
     Everything goes through clients bound to ``tracker.uri`` (tracking and registry): MLflow's process-wide URIs,
     its environment variables and its fluent active run are neither read nor changed, so the run's status stays
@@ -157,8 +123,14 @@ def log_model(tracker: Tracker, run_id: str, model: nn.Module, example: torch.Te
             client.finalize_logged_model(logged.model_id, "FAILED")
         raise
     version = None if registered_name is None else _register(client, registered_name, logged, run_id, tracker.uri)
+    if version is not None:
+        for key, value in (version_tags or {}).items():
+            client.set_model_version_tag(registered_name, version, key, str(value))
+        if alias:
+            client.set_registered_model_alias(registered_name, alias, version)
     return {"model_uri": f"models:/{logged.model_id}", "registered_name": registered_name,
-            "registered_version": None if version is None else str(version)}
+            "registered_version": None if version is None else str(version),
+            "registered_alias": alias if version is not None else None}
 
 
 def _link_to_run(client, run_id: str, model_id: str) -> None:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from ensemble.checkpoint import make_output_dir, write_json
 from ensemble.lock import FolderLock
 from ensemble.stage import load_data, run_ensemble_stage
-from ensemble.tracking import Tracker, redact
+from ensemble.tracking import Tracker, dataset_inputs, redact
 from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash, dump_config
@@ -47,10 +47,12 @@ def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> R
     (output_dir / "config.yaml").write_text(dump_config(config))
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tags = {"stage": until, "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}
-    with tracker.run(until, tags=tags) as parent_id:
+    with tracker.run(parent_run_name(config, until), tags=tags) as parent_id, \
+            tracker.system_metrics(parent_id, config.tracking.system_metrics):
         tracker.log_params(parent_id, config.model_dump(mode="json"))
         tracker.log_artifact(parent_id, output_dir / "config.yaml")
         data = load_data(config)
+        tracker.log_inputs(parent_id, dataset_inputs(config.data.name, config.data.root, data.splits()))
         if "specialists" in stages and config.specialists.enabled:
             check_section(config.specialists, data)
         ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
@@ -83,6 +85,11 @@ def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> R
         if results.specialists is not None and "specialists" in sections:
             print_specialists_summary(results)
     return results
+
+
+def parent_run_name(config: Config, until: str) -> str:
+    """``mnist_hinton: run``: the config's name (its file's, unless it sets ``name``) and the CLI command."""
+    return f"{config.name or 'config'}: {COMMANDS[until]}"
 
 
 def _log_ensemble_metrics(tracker: Tracker, parent_id: str, sections: dict) -> None:

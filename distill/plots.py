@@ -1,4 +1,4 @@
-"""Figures for the report and MLflow: training curves and accuracy per model.
+"""Figures for the report and MLflow: training curves, accuracy per model, reliability diagrams.
 
 Figures are built with matplotlib's object API (:class:`matplotlib.figure.Figure`), not pyplot: no backend is
 selected or switched and no figure is registered with pyplot, so a caller's matplotlib setup (a notebook's inline
@@ -39,5 +39,23 @@ def accuracy_per_model(rows: list[dict]) -> Figure:
                 va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel="test accuracy", title="test accuracy per model")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(curves: dict[str, list[dict]], title: str) -> Figure:
+    """Reliability diagram: per confidence bin (:func:`ensemble.calibration.reliability_bins`), accuracy against
+    mean confidence, one line per model; the diagonal is perfect calibration. Right: how many examples per bin."""
+    fig = Figure(figsize=(11, 4.5))
+    acc_ax, count_ax = fig.subplots(1, 2)
+    acc_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for name, bins in curves.items():
+        acc_ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=name)
+        count_ax.plot([(b["lower"] + b["upper"]) / 2 for b in bins], [b["count"] for b in bins], marker=".",
+                      label=name)
+    acc_ax.set(xlabel="mean confidence in the bin", ylabel="accuracy in the bin", title=title, xlim=(0, 1),
+               ylim=(0, 1))
+    count_ax.set(xlabel="confidence", ylabel="examples", yscale="log", title="examples per bin")
+    acc_ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -7,21 +7,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ensemble.scores import SCORE_KEYS
+
 from .results import Results, SummaryRow
 
 
 def print_ensemble_summary(results: Results, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title="ensemble stage: test set")
-    for column in ("model", "test acc", "errors", "NLL", "epochs", "status"):
+    for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "epochs", "status"):
         table.add_column(column, justify="left" if column in ("model", "status") else "right")
     ens = results.ensemble
     for row in [*ens.members, *([results.generalist] if results.generalist else [])]:
-        table.add_row(row.name, f"{row.test_accuracy:.4f}", str(row.test_errors), _cell(row.test_nll, "{:.4f}"),
-                      str(row.epochs_trained), row.status)
+        table.add_row(row.name, *_score_cells(row.test_accuracy, row.test_errors, row.test_nll, row.test_ece,
+                                              row.test_brier), str(row.epochs_trained), row.status)
     for mean in ("arithmetic", "geometric"):
-        accuracy, errors, nll = ens.score(mean)
-        table.add_row(f"ensemble ({mean} mean)", f"{accuracy:.4f}", str(errors), _cell(nll, "{:.4f}"), "", "")
+        table.add_row(f"ensemble ({mean} mean)", *_score_cells(**ens.score(mean)), "", "")
     console.print(table)
     if results.mlflow:
         console.print(f"MLflow: {results.mlflow.tracking_uri}  parent run {results.mlflow.parent_run_id}")
@@ -54,45 +55,52 @@ def print_specialists_summary(results: Results, console: Console | None = None) 
 
 
 def summary_rows(results: Results, trained: dict) -> list[SummaryRow]:
-    """One row per model of the pipeline: test accuracy, errors, NLL, parameters, CPU latency per batch."""
+    """One row per model of the pipeline: test accuracy, errors, NLL, ECE, Brier, agreement with the teacher
+    (students), parameters, CPU latency per batch."""
     from ensemble.models import count_parameters
 
     ensemble, ens, student = trained["ensemble"], results.ensemble, results.student
     member_params = count_parameters(ensemble.members_[0])
-    rows = [SummaryRow(model=m.name, test_accuracy=m.test_accuracy, test_errors=m.test_errors, test_nll=m.test_nll,
-                       params=member_params) for m in ens.members]
+    rows = [_row(m.name, m, params=member_params) for m in ens.members]
     taught_by_ensemble = student is not None and student.teacher == "ensemble"
     for mean in ("arithmetic", "geometric"):
-        accuracy, errors, nll = ens.score(mean)
         latency = student.teacher_latency_ms_per_batch if taught_by_ensemble and mean == (student.mean or ens.mean) \
             else None
-        rows.append(SummaryRow(model=f"ensemble ({mean})", test_accuracy=accuracy, test_errors=errors, test_nll=nll,
+        rows.append(SummaryRow(model=f"ensemble ({mean})", **{f"test_{k}": v for k, v in ens.score(mean).items()},
                                params=member_params * len(ensemble.members_), latency_ms=latency))
     if results.generalist is not None:
-        g = results.generalist
-        rows.append(SummaryRow(model="generalist", test_accuracy=g.test_accuracy, test_errors=g.test_errors,
-                               test_nll=g.test_nll, params=count_parameters(ensemble.generalist_)))
+        rows.append(_row("generalist", results.generalist, params=count_parameters(ensemble.generalist_)))
     if results.specialists is not None and "specialists" in trained:
-        s, spec = results.specialists, trained["specialists"]
+        spec = trained["specialists"]
         params = count_parameters(spec.generalist) + sum(count_parameters(m) for m in spec.specialists_)
-        rows.append(SummaryRow(model="generalist + specialists", test_accuracy=s.test_accuracy,
-                               test_errors=s.test_errors, test_nll=s.test_nll, params=params))
+        rows.append(_row("generalist + specialists", results.specialists, params=params))
     if student is not None:
         if student.baseline_test_accuracy is not None:
-            rows.append(SummaryRow(model="student, hard labels (baseline)",
-                                   test_accuracy=student.baseline_test_accuracy,
-                                   test_errors=student.baseline_test_errors, test_nll=student.baseline_test_nll,
-                                   params=student.params, latency_ms=student.latency_ms_per_batch))
+            rows.append(_row("student, hard labels (baseline)", student, "baseline_", params=student.params,
+                             latency_ms=student.latency_ms_per_batch, agreement=student.baseline_agreement))
         how = "" if student.method == "kd" else f", {student.method}"
-        rows.append(SummaryRow(model=f"student, distilled from {student.teacher} (T={student.temperature:g}{how})",
-                               test_accuracy=student.test_accuracy, test_errors=student.test_errors,
-                               test_nll=student.test_nll, params=student.params,
-                               latency_ms=student.latency_ms_per_batch))
+        rows.append(_row(f"student, distilled from {student.teacher} (T={student.temperature:g}{how})", student,
+                         params=student.params, latency_ms=student.latency_ms_per_batch, agreement=student.agreement))
     return rows
+
+
+def _row(model: str, section, prefix: str = "", **fields) -> SummaryRow:
+    """A summary row from ``section``'s ``<prefix>test_<score>`` fields (None where an older file lacks one)."""
+    scores = {f"test_{key}": getattr(section, f"{prefix}test_{key}", None) for key in SCORE_KEYS}
+    return SummaryRow(model=model, **scores, **fields)
+
+
+def _score_cells(accuracy, errors, nll=None, ece=None, brier=None) -> list[str]:
+    return [f"{accuracy:.4f}", str(errors), _cell(nll, "{:.4f}"), _cell(ece, "{:.4f}"), _cell(brier, "{:.4f}")]
 
 
 def _cell(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _summary_cells(row: SummaryRow) -> list[str]:
+    return [*_score_cells(row.test_accuracy, row.test_errors, row.test_nll, row.test_ece, row.test_brier),
+            _cell(row.agreement, "{:.4f}"), f"{row.params:,}", _cell(row.latency_ms, "{:.2f}")]
 
 
 def print_summary(results: Results, console: Console | None = None) -> None:
@@ -100,11 +108,11 @@ def print_summary(results: Results, console: Console | None = None) -> None:
     student = results.student
     batch = student.latency_batch_size if student else ""
     table = Table(title="pipeline summary: test set")
-    for column in ("model", "test acc", "errors", "NLL", "params", f"CPU ms / batch of {batch}"):
+    for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "agrees", "params",
+                   f"CPU ms / batch of {batch}"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in results.summary:
-        table.add_row(row.model, f"{row.test_accuracy:.4f}", str(row.test_errors), _cell(row.test_nll, "{:.4f}"),
-                      f"{row.params:,}", _cell(row.latency_ms, "{:.2f}"))
+        table.add_row(row.model, *_summary_cells(row))
     console.print(table)
     if student is not None and student.left_out_classes:
         console.print(f"left-out classes {student.left_out_classes}: bias shift {student.bias_shift:+.1f} (chosen on "
@@ -134,10 +142,10 @@ def write_report(results: Results, trained: dict, data, output_dir) -> list:
         files.append(figures / name)
     lines = [f"# Distillation report: {data.name}", "",
              f"MLflow parent run `{results.mlflow.parent_run_id}` at `{results.mlflow.tracking_uri}`.", "",
-             "| model | test accuracy | test errors | NLL | parameters | CPU ms / batch |", "|---|---|---|---|---|---|"]
+             "| model | test accuracy | test errors | NLL | ECE | Brier | agreement with teacher | parameters "
+             "| CPU ms / batch |", "|---|---|---|---|---|---|---|---|---|"]
     for row in results.summary:
-        lines.append(f"| {row.model} | {row.test_accuracy:.4f} | {row.test_errors} | {_cell(row.test_nll, '{:.4f}')} "
-                     f"| {row.params:,} | {_cell(row.latency_ms, '{:.2f}')} |")
+        lines.append(f"| {row.model} | {' | '.join(_summary_cells(row))} |")
     lines += _student_lines(results.student) + _specialist_lines(results.specialists, output_dir)
     lines += ["", "![training curves](report/training_curves.png)", "",
               "![accuracy per model](report/accuracy_per_model.png)", ""]
@@ -149,9 +157,15 @@ def write_report(results: Results, trained: dict, data, output_dir) -> list:
 def _student_lines(student) -> list[str]:
     if student is None:
         return []
-    lines = ["", f"Student: `{student.export_path}` (TorchScript, {student.file_bytes:,} bytes); teacher "
-                 f"`{student.teacher}`, T = {student.temperature:g}, α = {student.alpha:g}, loss `{student.loss}`, "
-                 f"{student.transfer_examples:,} transfer examples."]
+    lines = ["", f"Student: teacher `{student.teacher}`, T = {student.temperature:g}, α = {student.alpha:g}, loss "
+                 f"`{student.loss}`, {student.transfer_examples:,} transfer examples; top-1 agreement with the "
+                 f"teacher {_cell(student.agreement, '{:.4f}')}, mean KL(teacher ‖ student) at T = 1 "
+                 f"{_cell(student.kl_from_teacher, '{:.4f}')} nats.", "",
+             f"| file (each checked against the eager model within 1e-4) | bytes | CPU ms / batch of "
+             f"{student.latency_batch_size} |", "|---|---|---|"]
+    lines += [f"| `{Path(f['path']).name}` ({name}) | {f['bytes']:,} | {f['latency_ms_per_batch']:.2f} |"
+              for name, f in student.formats.items()]
+    lines += ["", "![reliability](student/reliability.png)"]
     if student.left_out_classes:
         lines.append(f"Left-out classes {student.left_out_classes}: bias shift {student.bias_shift:+.1f} chosen on "
                      f"validation data; test errors {student.test_errors_before_shift} → {student.test_errors} "

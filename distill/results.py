@@ -15,18 +15,25 @@ class StudentSection(Record):
     test_accuracy: float
     test_errors: int
     test_nll: float
+    test_ece: float | None = None
+    test_brier: float | None = None
+    agreement: float | None = None  # top-1 agreement with the teacher on the test set
+    kl_from_teacher: float | None = None  # mean KL(teacher || student) at T = 1, nats
     teacher: str
     teacher_test_accuracy: float
     teacher_test_errors: int
     teacher_test_nll: float
+    teacher_test_ece: float | None = None
+    teacher_test_brier: float | None = None
     temperature: float
     alpha: float
     loss: str
     method: str
     mean: str | None = None
     transfer_examples: int
-    export_path: str
+    export_path: str  # the main file: the first of student.export
     file_bytes: int
+    formats: dict[str, dict] = Field(default_factory=dict)  # format -> path, bytes, latency_ms_per_batch
     params: int
     teacher_params: int
     latency_ms_per_batch: float
@@ -39,11 +46,16 @@ class StudentSection(Record):
     curves: dict[str, list[float]] = Field(default_factory=dict)
     registered_name: str | None = None
     registered_version: str | None = None
+    registered_alias: str | None = None
     model_uri: str | None = None
     # the same student on hard labels (student.baseline)
     baseline_test_accuracy: float | None = None
     baseline_test_errors: int | None = None
     baseline_test_nll: float | None = None
+    baseline_test_ece: float | None = None
+    baseline_test_brier: float | None = None
+    baseline_agreement: float | None = None
+    baseline_kl_from_teacher: float | None = None
     baseline_mlflow_run_id: str | None = None
     baseline_curves: dict[str, list[float]] | None = None
     # classes the transfer set left out, and what the bias shift chosen on validation did on the test set
@@ -61,6 +73,9 @@ class SummaryRow(Record):
     test_accuracy: float
     test_errors: int
     test_nll: float | None = None
+    test_ece: float | None = None
+    test_brier: float | None = None
+    agreement: float | None = None  # students: top-1 agreement with their teacher
     params: int
     latency_ms: float | None = None
 

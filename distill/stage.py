@@ -18,9 +18,12 @@ from .api import Distiller
 from .teachers import TrainedStages, build_teacher
 from .config import Config
 from .export import log_model, measure_latency
+from .formats import FORMATS
+from .plots import plot_reliability
 from .results import StudentSection
 
 LATENCY_BATCH = 256
+FOLLOWING = ("agreement", "kl_from_teacher", "baseline_agreement", "baseline_kl_from_teacher")
 
 
 def choose_teacher(config: Config, ensemble: Ensemble, specialists: SpecialistEnsemble | None) -> Teacher:
@@ -51,30 +54,53 @@ def run_student_stage(
     distiller = build_distiller(config, data, choose_teacher(config, ensemble, specialists), output_dir, tracker,
                                 parent_run_id, show_progress)
     distiller.fit(data.train, data.val, data.test)
-    export_path = distiller.export(output_dir / "student" / "student.torchscript.pt")
     batch = as_input(data.test.x[:LATENCY_BATCH])
+    files = export_formats(distiller, config.student.export, output_dir / "student", batch)
+    report = distiller.evaluate(data.test)
     student_run = distiller.run_ids_.get("student")
     registered = {}
     if tracker is not None and student_run:
-        registered = log_model(tracker, student_run, distiller.student_, batch[:2], config.student.registered_model)
-    section = student_section(config, distiller, distiller.evaluate(data.test), batch, export_path, registered)
+        section = config.student
+        tags = {"teacher": section.teacher, "temperature": section.temperature, "alpha": section.alpha,
+                "test_accuracy": report["student"].accuracy}
+        registered = log_model(tracker, student_run, distiller.student_, batch[:2], section.registered_model,
+                               section.registered_alias, tags)
+    section = student_section(config, distiller, report, batch, files, registered)
+    figure = output_dir / "student" / "reliability.png"
+    plot_reliability(report.details["reliability"], "Reliability on the test set (15 bins)").savefig(figure, dpi=110)
     if tracker is not None and parent_run_id:
         tracker.log_metrics(parent_run_id, {f"student_{k}": v for k, v in section.model_dump().items()
                                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracker.log_artifact(parent_run_id, figure, "report")
     return distiller, {"student": section}
 
 
-def student_section(config: Config, distiller: Distiller, report, batch, export_path: Path,
+def export_formats(distiller: Distiller, formats: list[str], folder: Path, batch) -> dict[str, dict]:
+    """The student written in each of ``formats`` (each checked by :func:`distill.formats.export_model`), with its
+    file size and its median latency on ``batch`` through the runtime that loads it (onnxruntime for onnx)."""
+    files = {}
+    for name in formats:
+        fmt = FORMATS[name]
+        path = distiller.export(folder / f"student{fmt.suffix}", batch[:2], name)
+        runner = fmt.load(path)
+        files[name] = {"path": str(path), "bytes": path.stat().st_size,
+                       "latency_ms_per_batch": measure_latency(runner, batch)["median_ms"]}
+    return files
+
+
+def student_section(config: Config, distiller: Distiller, report, batch, files: dict[str, dict],
                     registered: dict) -> StudentSection:
     """The ``student`` section of ``results.json``: scores, cost, where it went."""
     section, student, teacher = config.student, distiller.results_[0], distiller.teacher.online()
-    scores = {f"{prefix}test_{key}": getattr(report[model], key) for model, prefix in
-              (("student", ""), ("teacher", "teacher_"), ("baseline", "baseline_")) if model in report
-              for key in ("accuracy", "errors", "nll")}
+    scores = {key: value for model, prefix in (("student", ""), ("teacher", "teacher_"), ("baseline", "baseline_"))
+              if model in report for key, value in report[model].fields(f"{prefix}test_").items()}
+    following = {key: report.details[key] for key in FOLLOWING if key in report.details}
+    main = files[section.export[0]]
     fields = dict(
-        **scores, teacher=section.teacher, temperature=section.temperature, alpha=section.alpha, loss=section.loss,
-        method=section.method, mean=section.mean, transfer_examples=len(distiller.transfer_indices_),
-        export_path=str(export_path), file_bytes=export_path.stat().st_size,
+        **scores, **following, teacher=section.teacher, temperature=section.temperature, alpha=section.alpha,
+        loss=section.loss, method=section.method, mean=section.mean,
+        transfer_examples=len(distiller.transfer_indices_), export_path=main["path"], file_bytes=main["bytes"],
+        formats=files,
         params=count_parameters(distiller.student_), teacher_params=count_parameters(teacher),
         latency_ms_per_batch=measure_latency(distiller.student_, batch)["median_ms"],
         teacher_latency_ms_per_batch=measure_latency(lambda x: teacher(x, 1.0).probs, batch)["median_ms"],

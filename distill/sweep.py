@@ -169,7 +169,7 @@ def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: 
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tags = {"stage": "sweep", "config_hash": config_hash(config), "output_dir": str(output_dir.resolve()),
             "trials": len(trials)}
-    with tracker.run("sweep", tags=tags) as parent_id:
+    with tracker.run(f"{config.name or 'config'}: sweep", tags=tags) as parent_id:
         tracker.log_params(parent_id, config.model_dump(mode="json"))
         data = load_data(config)
         ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)

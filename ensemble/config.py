@@ -147,6 +147,8 @@ class RayConfig(Section):
 class TrackingConfig(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; a relative sqlite path is resolved")
     experiment: str = "distill"
+    system_metrics: bool = Field(False, description="MLflow's system metrics (CPU, memory, disk, network; GPU with "
+                                 "nvidia-ml-py) on the parent run while it lasts")
 
 
 class StageConfig(Section):

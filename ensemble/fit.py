@@ -16,7 +16,7 @@ from .final_fit import cut_to_train, final_data_fingerprint, final_spec, train_a
 from .models import check_output_width
 from .precision import check_precision
 from .runner import Resources, TrainJob, check_feasible, connect_ray, train_many
-from .tracking import Tracker
+from .tracking import Tracker, dataset_inputs
 from .trainer import Trainer, TrainResult, TrainSpec, epoch_metrics
 
 
@@ -43,6 +43,8 @@ class FitOptions:
     in_process: bool = False  # train here, one model after another (inside a Ray Tune trial, a notebook, a debugger)
     tracking_uri: str | None = None  # the Python API's MLflow store when no run is active (see api_tracking)
     experiment: str | None = None
+    dataset_name: str = "data"  # how each run's datasets are named in MLflow (with the splits' digests and sizes)
+    dataset_source: str = "python"
 
     @property
     def resources(self) -> Resources:
@@ -124,7 +126,7 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
         # Only unfinished work needs a cluster: a rerun of finished stages starts no Ray at all.
         connect_ray(options.ray_address, options.ray_num_cpus, options.ray_num_gpus)
         check_feasible({spec.name: options.resources for spec in specs})
-    run_ids = _start_runs(jobs, options)
+    run_ids = _start_runs(jobs, options, splits)
     try:
         if options.in_process:
             results = [train_here(job, splits) for job in jobs]
@@ -152,16 +154,18 @@ def train_here(job: TrainJob, splits: dict[str, Split]) -> TrainResult:
     return Trainer(job.spec, splits, job.workdir, job.fingerprint).fit(on_epoch)
 
 
-def _start_runs(jobs: list[TrainJob], options: FitOptions) -> dict[str, str]:
+def _start_runs(jobs: list[TrainJob], options: FitOptions, splits: dict[str, Split]) -> dict[str, str]:
     tracker = options.tracker
     if tracker is None:
         return {}
     run_ids = {}
+    inputs = dataset_inputs(options.dataset_name, options.dataset_source, splits)
     for job in jobs:
         tags = {"role": job.spec.role, **job.spec.tags}
         run_id = tracker.start_run(job.spec.name, options.parent_run_id, tags)
         tracker.log_params(run_id, {**options.run_params, "seed": job.spec.seed, "fingerprint": job.fingerprint,
                                     **tags})
+        tracker.log_inputs(run_id, inputs)
         run_ids[job.spec.name] = run_id
         job.sink = tracker.sink(run_id)
     return run_ids

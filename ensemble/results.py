@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .scores import SCORE_KEYS
+
 
 class Record(BaseModel):
     """A results section: validated when written and when read back, so a renamed key fails loudly."""
@@ -31,6 +33,8 @@ class ModelRow(Trained):
     test_accuracy: float
     test_errors: int
     test_nll: float | None = None
+    test_ece: float | None = None
+    test_brier: float | None = None
     val_accuracy: float
     epochs_trained: int
     best_epoch: int
@@ -46,14 +50,19 @@ class EnsembleSection(Record):
     test_accuracy_arithmetic: float
     test_errors_arithmetic: int
     test_nll_arithmetic: float | None = None
+    test_ece_arithmetic: float | None = None
+    test_brier_arithmetic: float | None = None
     test_accuracy_geometric: float
     test_errors_geometric: int
     test_nll_geometric: float | None = None
+    test_ece_geometric: float | None = None
+    test_brier_geometric: float | None = None
     test_accuracy: float
     test_errors: int
     test_nll: float | None = None
+    test_ece: float | None = None
+    test_brier: float | None = None
 
-    def score(self, mean: str) -> tuple[float, int, float | None]:
-        """(accuracy, errors, NLL) under ``mean``."""
-        return getattr(self, f"test_accuracy_{mean}"), getattr(self, f"test_errors_{mean}"), \
-            getattr(self, f"test_nll_{mean}")
+    def score(self, mean: str) -> dict:
+        """``{"accuracy", "errors", "nll", "ece", "brier"}`` under ``mean`` (None where an older file lacks one)."""
+        return {key: getattr(self, f"test_{key}_{mean}") for key in SCORE_KEYS}

@@ -9,7 +9,7 @@ from .config import ResourcesConfig, StageConfig
 from .data import DatasetSplits, load_dataset
 from .models import RegisteredModel
 from .results import EnsembleSection, ModelRow
-from .scores import Score
+from .scores import SCORE_KEYS, Score
 from .soft_targets import ensemble_probs
 from .transforms import channel_stats
 from .tracking import Tracker
@@ -32,7 +32,7 @@ def fit_options(config: StageConfig, resources: ResourcesConfig, output_dir: Pat
         "output_dir": output_dir, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
         "tracker": tracker, "parent_run_id": parent_run_id, "run_params": config.model_dump(mode="json"),
         "ray_address": config.ray.address, "ray_num_cpus": config.ray.num_cpus, "ray_num_gpus": config.ray.num_gpus,
-        "show_progress": show_progress,
+        "show_progress": show_progress, "dataset_name": config.data.name, "dataset_source": config.data.root,
     }
 
 
@@ -63,7 +63,8 @@ def run_ensemble_stage(
 def model_row(result, run_id: str | None) -> ModelRow:
     m = result.metrics
     return ModelRow(name=result.name, test_accuracy=m["test_accuracy"], test_errors=m["test_errors"],
-                    test_nll=m.get("test_nll"), val_accuracy=m["val_accuracy"], epochs_trained=m["epochs_trained"],
+                    test_nll=m.get("test_nll"), test_ece=m.get("test_ece"), test_brier=m.get("test_brier"),
+                    val_accuracy=m["val_accuracy"], epochs_trained=m["epochs_trained"],
                     best_epoch=m["best_epoch"], reused=result.reused, resumed_from_epoch=result.resumed_from_epoch,
                     mlflow_run_id=run_id, curves=learning_curves(result.history))
 
@@ -76,11 +77,9 @@ def summarize(ensemble: Ensemble, data: DatasetSplits, mean: str) -> dict:
     scores = {}
     for kind in ("arithmetic", "geometric"):
         score = Score.from_probs(ensemble_probs(stacked, 1.0, kind), y)
-        scores.update({f"test_accuracy_{kind}": score.accuracy, f"test_errors_{kind}": score.errors,
-                       f"test_nll_{kind}": score.nll})
+        scores.update({f"test_{key}_{kind}": getattr(score, key) for key in SCORE_KEYS})
     section = EnsembleSection(members=[model_row(r, ensemble.run_ids_.get(r.name)) for r in members], mean=mean,
-                              **scores, **{f"test_{key}": scores[f"test_{key}_{mean}"]
-                                           for key in ("accuracy", "errors", "nll")})
+                              **scores, **{f"test_{key}": scores[f"test_{key}_{mean}"] for key in SCORE_KEYS})
     results = {"ensemble": section}
     generalist = [r for r in ensemble.results_ if r.role == "generalist"]
     if generalist:

@@ -170,6 +170,26 @@ class Tracker:
 
         _retry(self.client.log_batch, run_id, tags=[RunTag(k, redact(v)) for k, v in tags.items()])
 
+    def log_inputs(self, run_id: str, inputs: list) -> None:
+        if inputs:
+            _retry(self.client.log_inputs, run_id, datasets=inputs)
+
+    @contextmanager
+    def system_metrics(self, run_id: str, enabled: bool = True, interval_s: float = 10.0) -> Iterator[None]:
+        """MLflow's system metrics (CPU, memory, disk, network; GPU where nvidia-ml-py is installed) logged to
+        ``run_id`` every ``interval_s`` while the block runs."""
+        if not enabled:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, run_id, str(path), artifact_path)
 
@@ -220,6 +240,24 @@ class Tracker:
 
     def sink(self, run_id: str) -> "MetricsSink":
         return MetricsSink(self.uri, run_id)
+
+
+def dataset_inputs(name: str, source: str, splits: dict) -> list:
+    """One MLflow dataset input per split, tagged with the split's name as its context: ``name``, the split's
+    content digest and its size, as ``mlflow.log_input`` logs them (the UI's Dataset column shows them)."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for split_name, split in splits.items():
+        if split is None:
+            continue
+        profile = {"num_rows": len(split), "input_shape": list(split.x.shape[1:])}
+        dataset = Dataset(name=name, digest=split.fingerprint()[:36], source_type="local",
+                          source=json.dumps({"uri": source}), profile=json.dumps(profile))
+        inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", split_name)]))
+    return inputs
 
 
 def log_metrics(client, run_id: str, metrics: dict, step: int | None = None) -> None:

@@ -25,6 +25,7 @@ from .lock import model_folder_lock
 from .models import model_identity
 from .objectives import CrossEntropy, Objective
 from .optim import make_optimizer, make_scheduler
+from .scores import Score
 from .precision import autocast, check_precision, grad_scaler, prepare, to_memory_format
 from .streaming import as_input, in_order, iterate_rows
 from .transforms import hflip
@@ -355,12 +356,9 @@ class Trainer:
         metrics = {"best_epoch": best["epoch"], "epochs_trained": len(history)}
         for split in self.data:
             labels = self._labels(split)
-            correct = int((logits[split].argmax(dim=1) == labels).sum())
-            metrics[f"{split}_accuracy"] = correct / max(1, len(labels))
-            metrics[f"{split}_errors"] = len(labels) - correct
-            if len(labels):
-                log_probs = torch.log_softmax(logits[split].float(), dim=1)
-                metrics[f"{split}_nll"] = float(-log_probs.gather(1, labels[:, None]).mean())
+            score = Score.from_logits(logits[split], labels)
+            metrics.update({key: value for key, value in score.fields(f"{split}_").items()
+                            if len(labels) or key.endswith(("_accuracy", "_errors"))})
         state = _cpu_state(model)
         save_verified(state, self.workdir / "model.pt")
         save_verified(logits, self.workdir / "logits.pt")

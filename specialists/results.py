@@ -32,9 +32,13 @@ class SpecialistsSection(Record):
     generalist_test_accuracy: float
     generalist_test_errors: int
     generalist_test_nll: float
+    generalist_test_ece: float | None = None
+    generalist_test_brier: float | None = None
     test_accuracy: float
     test_errors: int
     test_nll: float
+    test_ece: float | None = None
+    test_brier: float | None = None
     by_covering: list[CoveringRow]
     per_class: list[dict]
     combine: dict

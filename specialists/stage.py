@@ -51,8 +51,7 @@ def run_specialist_stage(
     summary = SpecialistsSection(
         groups=groups, group_names=[[data.class_names[c] for c in group] for group in groups],
         matrix=section.matrix if section.groups is None else "given by hand",
-        **{f"generalist_test_{key}": getattr(report["generalist"], key) for key in ("accuracy", "errors", "nll")},
-        **{f"test_{key}": getattr(report["combined"], key) for key in ("accuracy", "errors", "nll")},
+        **report["generalist"].fields("generalist_test_"), **report["combined"].fields("test_"),
         by_covering=report.details["by_covering"], per_class=report.details["per_class"],
         combine=specialists.last_info_,
         members=[SpecialistRow(name=r.name, group=groups[i], test_accuracy=r.metrics["test_accuracy"],
@@ -81,7 +80,8 @@ def _save_artifacts(specialists, summary, class_names, stage_dir: Path, tracker,
             tracker.log_artifact(parent_run_id, path, "specialists")
         tracker.log_metrics(parent_run_id, {
             "specialists_test_accuracy": summary.test_accuracy, "specialists_test_errors": summary.test_errors,
-            "specialists_test_nll": summary.test_nll,
+            "specialists_test_nll": summary.test_nll, "specialists_test_ece": summary.test_ece,
+            "specialists_test_brier": summary.test_brier,
             "specialists_generalist_test_accuracy": summary.generalist_test_accuracy,
             "specialists_count": len(summary.groups), "eq5_iterations": summary.combine["iterations"],
         })

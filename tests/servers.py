@@ -65,6 +65,28 @@ def mlflow_server(root: Path):
         log.close()
 
 
+@contextmanager
+def model_server(model_uri: str, tracking_uri: str, root: Path):
+    """``mlflow models serve`` for ``model_uri`` (resolved in ``tracking_uri``'s registry) with the local
+    environment, on 127.0.0.1 and a free port; yields its base URL."""
+    port = free_port()
+    log = open(root / "model-server.log", "w")
+    # MLflow runs `uvicorn` by name: the interpreter's own bin folder first, as with an activated environment.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri, "PATH": path}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=120, process=process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(process)
+        log.close()
+
+
 def _pids_mentioning(marker: str) -> list[int]:
     """Processes whose command line contains ``marker`` (a unique temp dir of ours): children that left the group."""
     pids = []

@@ -34,4 +34,4 @@ def test_the_python_api_examples_run_and_track_every_model(tmp_path):
     (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'digits'")
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 3 + 1 + 2 + 2, "members, generalist, specialists, student and baseline"
-    assert (tmp_path / "runs" / "my-student" / "student.pt").is_file()
+    assert (tmp_path / "runs" / "my-student" / "student.pt2").is_file()
