@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -144,6 +145,8 @@ def ray_head(num_cpus: int = 2):
             except ProcessLookupError:
                 pass
         log.close()
+        # A pip runtime environment clones the whole virtualenv (gigabytes) under the temp folder.
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def run_distill(args: list[str], timeout: float, env: dict | None = None,

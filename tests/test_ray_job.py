@@ -83,6 +83,32 @@ def test_job_submission_client(head, token_env, tmp_path):
     _check(out, uri, "ensemble")
 
 
+def test_job_with_a_pip_runtime_env(head, token_env, tmp_path):
+    """A job whose runtime environment names its pip requirements: Ray builds a virtualenv for it (a clone of the
+    head's own, which runs from one) and installs them there; the requirement is already installed, as the test
+    machine is offline. The job's Python, and so ``distill``, come from that new environment."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    _, dashboard = head
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    client = JobSubmissionClient(dashboard)
+    probe = "import sys, yaml; print('job python:', sys.prefix)"
+    job_id = client.submit_job(
+        entrypoint=f'python -c "{probe}" && ' + " ".join(
+            ["distill", "ensemble", "--output-dir", str(out), "--tracking-uri", uri, *QUICK]),
+        runtime_env={"working_dir": str(REPO), "pip": ["pyyaml"]},
+    )
+    deadline = time.time() + 600
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < deadline, "job did not finish"
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    prefix = next(line for line in logs.splitlines() if line.startswith("job python:")).split(": ", 1)[1]
+    assert "runtime_resources" in prefix and "pip" in prefix and prefix != sys.prefix, prefix
+    _check(out, uri, "ensemble")
+
+
 def test_the_head_refuses_requests_without_its_token(head):
     import urllib.error
     import urllib.request
