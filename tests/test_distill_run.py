@@ -201,6 +201,8 @@ def test_a_second_run_reuses_every_finished_model(finished_run):
     ("student.temperature=0", "student.temperature: Input should be greater than 0"),
     ("student.alpha=1.5", "student.alpha: Input should be less than or equal to 1"),
     ("student.loss=kl", "student.loss: unknown loss 'kl'"),
+    ("student.export=[pt2, pt3]", "student.export: unknown export format 'pt3'"),
+    ("student.registered_alias=latest", "student.registered_alias: 'latest' is reserved by MLflow"),
 ])
 def test_bad_student_settings_are_one_line_errors(tmp_path, override, message):
     done = distill("run", "--output-dir", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
