@@ -39,6 +39,8 @@ class DataConfig(Section):
                                               "(true), stream them from disk each epoch (false), or auto")
     memory_budget_mb: float = Field(2048, gt=0, description="auto: read into memory when the images fit this budget")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per actor when streaming")
+    decoded_cache: str | None = Field(None, description="streaming: a folder where each dataset is decoded once "
+                                      "into a memory-mapped array, named by a hash of its files, and read from there")
     normalize: bool = Field(False, description="per-channel mean/std of the training split, applied by the model's "
                             "first layer (so evaluation and export apply it too)")
 

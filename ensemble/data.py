@@ -182,9 +182,11 @@ def load_dataset(
     in_memory: bool | str = "auto",
     memory_budget_mb: float = 2048,
     num_workers: int = 0,
+    decoded_cache: str | None = None,
 ) -> DatasetSplits:
     """Load a dataset by name and carve a seeded validation split from its training set. A streamed dataset
-    (``imagefolder``) is read into memory when ``in_memory`` is True, or "auto" and it fits ``memory_budget_mb``."""
+    (``imagefolder``) is read into memory when ``in_memory`` is True, or "auto" and it fits ``memory_budget_mb``;
+    otherwise it streams, from its files or, with ``decoded_cache``, from its decoded copy there."""
     if name not in DATASETS:
         raise DataError(f"data.name: unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     full_train, test, class_names = DATASETS[name](root, download)
@@ -204,11 +206,13 @@ def load_dataset(
     )
     for split_name in ("train", "val", "test"):
         check_split(splits.split(split_name), num_classes, f"{name} {split_name}")
-    return place(splits, in_memory, memory_budget_mb, num_workers)
+    return place(splits, in_memory, memory_budget_mb, num_workers, decoded_cache)
 
 
-def place(splits: DatasetSplits, in_memory: bool | str, memory_budget_mb: float, num_workers: int) -> DatasetSplits:
-    """Streamed splits read into memory (as uint8 when the images are) when asked or when they fit the budget."""
+def place(splits: DatasetSplits, in_memory: bool | str, memory_budget_mb: float, num_workers: int,
+          decoded_cache: str | None = None) -> DatasetSplits:
+    """Streamed splits read into memory (as uint8 when the images are) when asked or when they fit the budget, or
+    else read from their decoded copy under ``decoded_cache`` when one is given."""
     lazy = [name for name in ("train", "val", "test") if splits.split(name).lazy]
     if not lazy:
         return splits
@@ -219,6 +223,10 @@ def place(splits: DatasetSplits, in_memory: bool | str, memory_budget_mb: float,
         for name in lazy:
             split = splits.split(name)
             setattr(splits, name, Split(read_all(split.x), split.y))
+    elif decoded_cache is not None:
+        for name in lazy:
+            split = splits.split(name)
+            setattr(splits, name, Split(split.x.with_decoded(decoded_cache), split.y))
     return splits
 
 

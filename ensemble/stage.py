@@ -19,7 +19,7 @@ from .trainer import learning_curves
 def load_data(config: StageConfig) -> DatasetSplits:
     data = config.data
     splits = load_dataset(data.name, data.root, data.download, data.val_size, config.seed, data.train_limit,
-                          data.in_memory, data.memory_budget_mb, data.num_workers)
+                          data.in_memory, data.memory_budget_mb, data.num_workers, data.decoded_cache)
     if data.normalize:
         splits.normalization = channel_stats(splits.train.x)
     return splits

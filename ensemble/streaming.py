@@ -15,6 +15,7 @@ import hashlib
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from .errors import DataError
@@ -55,11 +56,17 @@ def _item_name(dataset, index: int) -> str:
 class LazyImages:
     """The inputs of ``dataset`` at ``indices``, read on demand."""
 
-    def __init__(self, dataset, indices: torch.Tensor | None = None, num_workers: int = 0):
+    def __init__(self, dataset, indices: torch.Tensor | None = None, num_workers: int = 0,
+                 decoded: str | None = None):
         self.dataset = dataset
         self.indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices).long()
         self.num_workers = num_workers
+        self.decoded = decoded  # the dataset decoded once into a .npy file (ensemble.decoded), read instead
         self._shape: tuple[int, ...] | None = None
+        self._array = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}  # each process maps the decoded file itself
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -70,13 +77,32 @@ class LazyImages:
             self._shape = tuple(read_input(self.dataset, int(self.indices[0])).shape) if len(self) else ()
         return (len(self), *self._shape)
 
+    def _copy(self, indices: torch.Tensor) -> "LazyImages":
+        return LazyImages(self.dataset, indices, self.num_workers, self.decoded)
+
     def subset(self, rows: torch.Tensor) -> "LazyImages":
-        return LazyImages(self.dataset, self.indices[rows], self.num_workers)
+        return self._copy(self.indices[rows])
 
     def concat(self, other: "LazyImages") -> "LazyImages":
         if other.dataset is not self.dataset:
             raise DataError("cannot join lazy splits of two different datasets")
-        return LazyImages(self.dataset, torch.cat([self.indices, other.indices]), self.num_workers)
+        return self._copy(torch.cat([self.indices, other.indices]))
+
+    def with_decoded(self, folder: str | Path) -> "LazyImages":
+        """The same rows, read from the dataset decoded once under ``folder`` (:mod:`ensemble.decoded`)."""
+        from .decoded import decoded_array
+
+        first = read_input(self.dataset, 0)
+        copy = self._copy(self.indices)
+        copy.decoded = str(decoded_array(self.dataset, folder, first, self.num_workers))
+        return copy
+
+    def _decoded_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if self._array is None:
+            from .decoded import open_decoded
+
+            self._array = open_decoded(self.decoded)
+        return torch.from_numpy(np.ascontiguousarray(self._array[self.indices[rows].numpy()]))
 
     def __getitem__(self, rows) -> torch.Tensor:
         if isinstance(rows, slice):
@@ -86,11 +112,20 @@ class LazyImages:
             rows = rows.nonzero().flatten()
         if not len(rows):
             return torch.empty(0, *self.shape[1:])
+        if self.decoded is not None:
+            return self._decoded_rows(rows)
         return torch.stack([read_input(self.dataset, int(self.indices[r])) for r in rows.tolist()])
 
     def batches(self, order: torch.Tensor, batch_size: int, pin_memory: bool = False
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``(rows, inputs)`` for consecutive ``batch_size`` chunks of ``order``, read by the DataLoader's workers."""
+        """``(rows, inputs)`` for consecutive ``batch_size`` chunks of ``order``, read by the DataLoader's workers
+        (or indexed in the decoded array, which needs no workers)."""
+        if self.decoded is not None:
+            for i in range(0, len(order), batch_size):
+                rows = order[i : i + batch_size]
+                inputs = self._decoded_rows(rows)
+                yield rows, inputs.pin_memory() if pin_memory else inputs
+            return
         chunks = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
         loader = torch.utils.data.DataLoader(_Rows(self.dataset, self.indices), batch_sampler=chunks,
                                              num_workers=self.num_workers, pin_memory=pin_memory,

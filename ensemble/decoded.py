@@ -1,0 +1,100 @@
+"""``data.decoded_cache``: decode a streamed dataset's images once into a memory-mapped array, then read from it.
+
+Decoding a PNG or JPEG costs more than a small model's whole training step on that image, and a streamed epoch
+decodes every image again. With ``data.decoded_cache: FOLDER`` each streamed dataset is decoded once, in order, into
+``FOLDER/decoded-<hash>/images.npy`` (uint8 stays uint8), and every later read, in every actor and every run, is an
+index into that file through the operating system's page cache: a dataset larger than RAM is paged in and out,
+never loaded whole. The hash covers everything that defines the array (each file's path, label, size and
+modification time, or the dataset's description, and the image shape), so an edited, added or removed image names
+a new file instead of reusing a stale one. The file is written under a temporary name and renamed once complete,
+while the folder is locked, so concurrent runs decode it once and nobody reads half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .lock import FolderLock
+
+log = logging.getLogger(__name__)
+
+ARRAY_FILE = "images.npy"
+DECODE_WAIT_SECONDS = 6 * 3600.0  # another process decoding the same dataset: wait for it rather than decode twice
+
+
+def dataset_key(dataset, item_shape: tuple[int, ...]) -> str:
+    """A hash of what the decoded array holds: every file (path, label, size, mtime) or the dataset's repr."""
+    digest = hashlib.blake2b(digest_size=10)
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        for path, label in samples:
+            stat = Path(path).stat()
+            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    else:
+        digest.update(repr(dataset).encode())
+    digest.update(f"{len(dataset)}|{tuple(item_shape)}".encode())
+    return digest.hexdigest()
+
+
+def decoded_array(dataset, folder: str | Path, first_item: torch.Tensor, num_workers: int = 0) -> Path:
+    """The path of ``dataset`` decoded into a ``.npy`` array under ``folder`` (built now unless it exists)."""
+    shape = tuple(first_item.shape)
+    target = Path(folder) / f"decoded-{dataset_key(dataset, shape)}"
+    path = target / ARRAY_FILE
+    if path.is_file():
+        return path
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"data.decoded_cache: cannot create {target} ({err.strerror})") from None
+    with FolderLock(target, "decoding images", wait=DECODE_WAIT_SECONDS, label="data.decoded_cache",
+                    advice="wait for it to finish"):
+        if not path.is_file():  # another process may have finished it while this one waited
+            _decode_into(dataset, path, shape, first_item.numpy().dtype, num_workers)
+    return path
+
+
+def _decode_into(dataset, path: Path, shape: tuple[int, ...], dtype, num_workers: int) -> None:
+    from .streaming import _Rows
+
+    n = len(dataset)
+    log.info("decoding %d images once into %s", n, path)
+    partial = path.with_name(f".{ARRAY_FILE}.partial")
+    array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, *shape))
+    loader = torch.utils.data.DataLoader(_Rows(dataset, torch.arange(n)), batch_size=1024, num_workers=num_workers,
+                                         collate_fn=_stack_same_shape)
+    start = 0
+    try:
+        for batch in loader:
+            if tuple(batch.shape[1:]) != shape:
+                raise DataError(f"data.decoded_cache: images of shape {tuple(batch.shape[1:])} beside {shape}; the "
+                                "decoded cache needs images of one size (resize them, or leave decoded_cache unset)")
+            array[start : start + len(batch)] = batch.numpy()
+            start += len(batch)
+    except DataError as err:
+        # From a DataLoader worker the message arrives wrapped in the worker's traceback: keep its own line.
+        last = (str(err).strip().splitlines() or [""])[-1]
+        raise DataError(last.split("DataError: ", 1)[-1]) from None
+    array.flush()
+    del array
+    os.replace(partial, path)
+
+
+def _stack_same_shape(items: list[torch.Tensor]) -> torch.Tensor:
+    shapes = {tuple(item.shape) for item in items}
+    if len(shapes) > 1:
+        raise DataError(f"data.decoded_cache: images of different shapes {sorted(shapes)[:2]}; the decoded cache "
+                        "needs images of one size (resize them, or leave decoded_cache unset)")
+    return torch.stack(items)
+
+
+def open_decoded(path: str | Path) -> np.ndarray:
+    """The decoded array, memory-mapped read-only (nothing is read until rows are indexed)."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
