@@ -20,6 +20,16 @@ from .trainer import TrainResult, TrainSpec, predict_logits
 GENERALIST_SEED_OFFSET = 1000
 
 
+def pack_of(i: int, members: int, pack: int, seed: int) -> dict:
+    """Member i's pack (``ensemble.pack``): consecutive members share one; its size and order seed (the first
+    member's seed) are part of each member's identity, since packed training is not separate training."""
+    first = i - i % pack
+    size = min(pack, members - first)
+    if size == 1:
+        return {}
+    return {"pack": f"pack_{first // pack}", "identity": {"pack": {"size": size, "order_seed": seed + first}}}
+
+
 class Ensemble:
     """An ensemble of independently seeded members plus an optional generalist, each trained by a Ray actor.
 
@@ -70,7 +80,8 @@ class Ensemble:
     def _specs(self) -> list[TrainSpec]:
         specs = [
             TrainSpec(f"member_{i}", "member", factory, self.train_config, self.seed + i, self.jitter,
-                      tags={"member_index": i}, hflip=self.hflip)
+                      tags={"member_index": i}, hflip=self.hflip, **pack_of(i, len(self.member_factories),
+                                                                              self.config.pack, self.seed))
             for i, factory in enumerate(self.member_factories)
         ]
         if self.generalist_factory is not None:

@@ -132,6 +132,8 @@ class EnsembleConfig(Section):
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", params={"hidden": [128, 128]}))
     train: TrainConfig = Field(default_factory=TrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    pack: int = Field(1, ge=1, description="members trained together in one actor as one vectorised model (one "
+                      "batch order per pack; see ensemble/packing.py); resources are per pack")
 
 
 class GeneralistConfig(Section):

@@ -16,6 +16,7 @@ from .final_fit import cut_to_train, final_data_fingerprint, final_spec, train_a
 from .models import check_output_width
 from .precision import check_precision
 from .runner import Resources, TrainJob, check_feasible, connect_ray, train_many
+from .packing import PackedTrainer, check_packs, pack_groups
 from .tracking import Tracker, dataset_inputs
 from .trainer import Trainer, TrainResult, TrainSpec, epoch_metrics
 
@@ -117,6 +118,7 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
             check_precision("fp16", torch.device("cpu"))  # fail before any actor or run starts
         width = num_classes if spec.target_map is None else int(spec.target_map.max()) + 1
         check_output_width(spec.model_factory(), input_shape, width, spec.name)
+    check_packs(specs)
     jobs = []
     for spec in specs:
         fp = spec.fingerprint(data_fingerprint)
@@ -129,7 +131,7 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
     run_ids = _start_runs(jobs, options, splits)
     try:
         if options.in_process:
-            results = [train_here(job, splits) for job in jobs]
+            results = train_here(jobs, splits)
         else:
             results = train_many(jobs, splits, show_progress=options.show_progress)
     except BaseException as err:
@@ -144,14 +146,24 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
     return Fitted(results, models, run_ids, [job.fingerprint for job in jobs])
 
 
-def train_here(job: TrainJob, splits: dict[str, Split]) -> TrainResult:
-    """One model in this process, logging each epoch to its run like an actor would."""
+def train_here(jobs: list[TrainJob], splits: dict[str, Split]) -> list[TrainResult]:
+    """The models in this process, one pack or model after another, logging each epoch to its run like an actor."""
+    results: dict[int, TrainResult] = {}
+    for group in pack_groups([job.spec for job in jobs]):
+        members = [jobs[i] for i in group]
 
-    def on_epoch(record: dict) -> None:
-        if job.sink is not None:
-            job.sink(epoch_metrics(record), step=record["epoch"])
+        def on_epoch(m: int, record: dict) -> None:
+            if members[m].sink is not None:
+                members[m].sink(epoch_metrics(record), step=record["epoch"])
 
-    return Trainer(job.spec, splits, job.workdir, job.fingerprint).fit(on_epoch)
+        if members[0].spec.pack is None:
+            job = members[0]
+            outcome = [Trainer(job.spec, splits, job.workdir, job.fingerprint).fit(lambda r: on_epoch(0, r))]
+        else:
+            outcome = PackedTrainer([j.spec for j in members], splits, [j.workdir for j in members],
+                                    [j.fingerprint for j in members]).fit(on_epoch)
+        results.update(zip(group, outcome))
+    return [results[i] for i in range(len(jobs))]
 
 
 def _start_runs(jobs: list[TrainJob], options: FitOptions, splits: dict[str, Split]) -> dict[str, str]:

@@ -162,6 +162,13 @@ class MaxNormLinear(nn.Linear):
         if self.max_norm is not None:
             self.weight.copy_(torch.renorm(self.weight, p=2, dim=0, maxnorm=self.max_norm))
 
+    @torch.no_grad()
+    def constrain_stacked(self, weight: torch.Tensor) -> None:
+        """The same constraint on a stack (k, out, in) of this layer's weights (``ensemble.pack``)."""
+        if self.max_norm is not None:
+            rows = weight.view(-1, weight.shape[-1])
+            rows.copy_(torch.renorm(rows, p=2, dim=0, maxnorm=self.max_norm))
+
 
 @register_model("mlp")
 def mlp(

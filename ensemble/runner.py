@@ -75,13 +75,37 @@ class TrainerActor:
                 sink(epoch_metrics(record), step=record["epoch"])
 
         result = Trainer(spec, splits, Path(workdir), fingerprint, self.device).fit(on_epoch)
+        self._place([result], started)
+        return result
+
+    def fit_pack(self, specs: list[TrainSpec], data: dict, workdirs: list[str], fingerprints: list[str],
+                 sinks: list) -> list[TrainResult]:
+        """Several members as one vectorised model (:mod:`ensemble.packing`), each logged to its own run."""
+        from .packing import PackedTrainer
+
+        splits = {name: from_numpy(arrays) for name, arrays in data.items()}
+        started = time.time()
+        self._progress = {"status": "training", "epoch": 0, "epochs": specs[0].train.epochs}
+
+        def on_epoch(m: int, record: dict) -> None:
+            if os.getppid() != self._raylet_pid:
+                os._exit(1)  # the driver is gone: see fit
+            self._progress = {"status": "training", "epochs": specs[0].train.epochs, **record}
+            if sinks[m] is not None:
+                sinks[m](epoch_metrics(record), step=record["epoch"])
+
+        results = PackedTrainer(specs, splits, [Path(w) for w in workdirs], fingerprints, self.device).fit(on_epoch)
+        self._place(results, started)
+        return results
+
+    def _place(self, results: list[TrainResult], started: float) -> None:
         # Peak resident memory of this actor and of any DataLoader workers it started (Linux reports KiB).
         peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-        result.placement = {**self.placement(), "started": started, "finished": time.time(),
-                            "peak_rss_mb": peak_kib / 1024}
+        for result in results:
+            result.placement = {**self.placement(), "started": started, "finished": time.time(),
+                                "peak_rss_mb": peak_kib / 1024}
         self._progress = {**self._progress, "status": "done"}
-        return result
 
     def progress(self) -> dict:
         return self._progress
@@ -106,18 +130,22 @@ def put_splits(splits: dict[str, Split]):
 def train_many(jobs: list[TrainJob], splits: dict[str, Split], show_progress: bool = True,
                max_restarts: int = 2) -> list[TrainResult]:
     """Train every job concurrently as resources allow; finished work on disk is reused without an actor."""
+    from .packing import pack_groups
+
     data_ref = put_splits(splits)
     results: dict[int, TrainResult] = {}
-    pending: dict = {}
+    pending: dict = {}  # task -> the job indices it trains (several for a pack)
     actors: dict[int, ray.actor.ActorHandle] = {}
-    for i, job in enumerate(jobs):
-        finished = Trainer(job.spec, splits, job.workdir, job.fingerprint).load_finished()
-        if finished is not None:
-            results[i] = finished
+    for group in pack_groups([job.spec for job in jobs]):
+        finished = [Trainer(jobs[i].spec, splits, jobs[i].workdir, jobs[i].fingerprint).load_finished()
+                    for i in group]
+        if all(result is not None for result in finished):
+            results.update(zip(group, finished))
             continue
         if data_ref is None:  # a finished-looking model failed to load: it needs training after all
             connect_ray()
             data_ref = put_splits(splits)
+        job = jobs[group[0]]
         actor = TrainerActor.options(
             num_cpus=job.resources.num_cpus,
             num_gpus=job.resources.num_gpus,
@@ -125,25 +153,37 @@ def train_many(jobs: list[TrainJob], splits: dict[str, Split], show_progress: bo
             max_restarts=max_restarts,
             max_task_retries=max_restarts,
         ).remote(int(job.resources.num_cpus), job.resources.num_gpus)
-        actors[i] = actor
-        pending[actor.fit.remote(job.spec, data_ref, str(job.workdir), job.fingerprint, job.sink)] = i
+        actors.update({i: actor for i in group})
+        if job.spec.pack is None:
+            task = actor.fit.remote(job.spec, data_ref, str(job.workdir), job.fingerprint, job.sink)
+        else:
+            task = actor.fit_pack.remote([jobs[i].spec for i in group], data_ref, [str(jobs[i].workdir) for i in group],
+                                         [jobs[i].fingerprint for i in group], [jobs[i].sink for i in group])
+        pending[task] = group
+    _wait_for(pending, actors, results, ProgressView(jobs, results, enabled=show_progress))
+    return [results[i] for i in range(len(jobs))]
 
-    view = ProgressView(jobs, results, enabled=show_progress)
+
+def _wait_for(pending: dict, actors: dict, results: dict, view: "ProgressView") -> None:
+    """Collect each task's results as it finishes, showing progress; kill every actor on the way out."""
     try:
         with view:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 for ref in done:
-                    i = pending.pop(ref)
-                    results[i] = _unwrap(ref)
-                    view.finish(i, results[i])
-                    ray.kill(actors.pop(i))
+                    group = pending.pop(ref)
+                    outcome = _unwrap(ref)
+                    for i, result in zip(group, outcome if isinstance(outcome, list) else [outcome]):
+                        results[i] = result
+                        view.finish(i, result)
+                    ray.kill(actors[group[0]])
+                    for i in group:
+                        actors.pop(i)
                 view.poll(actors)
     finally:
-        for actor in actors.values():
+        for actor in {id(a): a for a in actors.values()}.values():
             ray.kill(actor)
         _read_outcomes(pending)
-    return [results[i] for i in range(len(jobs))]
 
 
 def _read_outcomes(refs, seconds: float = 2.0) -> None:

@@ -64,6 +64,7 @@ class TrainSpec:
     tags: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)  # anything else that defines the model, e.g. initial weights
     hflip: bool = False  # mirror a random half of each batch (data.augment.hflip)
+    pack: str | None = None  # specs with the same pack train together as one vectorised model (ensemble.packing)
 
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(
