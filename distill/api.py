@@ -80,7 +80,8 @@ class Distiller:
         self.train_config = cfg.train
         self.seed, self.use_cache = seed, use_cache
         self.options = FitOptions(**{"output_dir": "runs/student", "num_cpus": cfg.resources.num_cpus,
-                                     "num_gpus": cfg.resources.num_gpus, **options})
+                                     "num_gpus": cfg.resources.num_gpus,
+                                     "workers_per_model": cfg.resources.workers_per_model, **options})
         self.results_: list[TrainResult] = []
         self.run_ids_: dict[str, str] = {}
         self.bias_shift_ = 0.0

@@ -69,7 +69,8 @@ class Ensemble:
         self.seed = seed
         self.jitter, self.hflip = jitter, hflip
         resources = self.config.resources
-        self.options = FitOptions(**{"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, **options})
+        self.options = FitOptions(**{"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+                                     "workers_per_model": resources.workers_per_model, **options})
         self.members_: list[nn.Module] = []
         self.generalist_: nn.Module | None = None
         self.results_: list[TrainResult] = []

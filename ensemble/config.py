@@ -117,6 +117,8 @@ class TrainConfig(Section):
 class ResourcesConfig(Section):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor; also torch's thread count")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions pack several models on one GPU")
+    workers_per_model: int = Field(1, ge=1, description="data-parallel Ray Train workers per model, each with "
+                                   "num_cpus / num_gpus (see ensemble/data_parallel.py)")
 
     @field_validator("num_gpus")
     @classmethod

@@ -17,6 +17,7 @@ from .models import check_output_width
 from .precision import check_precision
 from .runner import Resources, TrainJob, check_feasible, connect_ray, train_many
 from .packing import PackedTrainer, check_packs, pack_groups
+from .errors import ConfigError
 from .tracking import Tracker, dataset_inputs
 from .trainer import Trainer, TrainResult, TrainSpec, epoch_metrics
 
@@ -44,12 +45,13 @@ class FitOptions:
     in_process: bool = False  # train here, one model after another (inside a Ray Tune trial, a notebook, a debugger)
     tracking_uri: str | None = None  # the Python API's MLflow store when no run is active (see api_tracking)
     experiment: str | None = None
+    workers_per_model: int = 1  # data-parallel Ray Train workers per model (ensemble.data_parallel)
     dataset_name: str = "data"  # how each run's datasets are named in MLflow (with the splits' digests and sizes)
     dataset_source: str = "python"
 
     @property
     def resources(self) -> Resources:
-        return Resources(self.num_cpus, self.num_gpus)
+        return Resources(self.num_cpus, self.num_gpus, self.workers_per_model)
 
 
 @dataclass
@@ -119,6 +121,9 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
         width = num_classes if spec.target_map is None else int(spec.target_map.max()) + 1
         check_output_width(spec.model_factory(), input_shape, width, spec.name)
     check_packs(specs)
+    if options.workers_per_model > 1 and any(spec.pack is not None for spec in specs):
+        raise ConfigError("ensemble.pack and resources.workers_per_model > 1 exclude each other: pack small "
+                          "members, or spread a large one over workers")
     jobs = []
     for spec in specs:
         fp = spec.fingerprint(data_fingerprint)
@@ -128,6 +133,10 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
         # Only unfinished work needs a cluster: a rerun of finished stages starts no Ray at all.
         connect_ray(options.ray_address, options.ray_num_cpus, options.ray_num_gpus)
         check_feasible({spec.name: options.resources for spec in specs})
+        if options.workers_per_model > 1:
+            from .data_parallel import check_workers_fit
+
+            check_workers_fit(specs[0].name, options.workers_per_model, options.num_cpus, options.num_gpus)
     run_ids = _start_runs(jobs, options, splits)
     try:
         if options.in_process:

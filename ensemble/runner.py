@@ -6,7 +6,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +23,7 @@ from .trainer import Trainer, TrainResult, TrainSpec, epoch_metrics, resolve_dev
 class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    workers: int = 1  # data-parallel workers per model (ensemble.data_parallel), each with the above
 
 
 def check_feasible(requests: dict[str, Resources]) -> None:
@@ -146,6 +147,13 @@ def train_many(jobs: list[TrainJob], splits: dict[str, Split], show_progress: bo
             connect_ray()
             data_ref = put_splits(splits)
         job = jobs[group[0]]
+        if job.resources.workers > 1:
+            from .data_parallel import fit_data_parallel
+
+            # Absolute: Ray Train's workers do not run in the driver's working directory.
+            job = replace(job, workdir=Path(job.workdir).resolve())
+            pending[fit_data_parallel.remote(job, [data_ref], str(job.workdir.parent / ".ray_train"))] = group
+            continue
         actor = TrainerActor.options(
             num_cpus=job.resources.num_cpus,
             num_gpus=job.resources.num_gpus,
@@ -176,13 +184,15 @@ def _wait_for(pending: dict, actors: dict, results: dict, view: "ProgressView") 
                     for i, result in zip(group, outcome if isinstance(outcome, list) else [outcome]):
                         results[i] = result
                         view.finish(i, result)
-                    ray.kill(actors[group[0]])
-                    for i in group:
-                        actors.pop(i)
+                    for actor in {id(a): a for a in (actors.pop(i, None) for i in group) if a}.values():
+                        ray.kill(actor)
                 view.poll(actors)
     finally:
         for actor in {id(a): a for a in actors.values()}.values():
             ray.kill(actor)
+        for ref, group in pending.items():
+            if group[0] not in actors:  # a data-parallel task: stop it and the workers it started
+                ray.cancel(ref, force=True, recursive=True)
         _read_outcomes(pending)
 
 

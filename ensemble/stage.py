@@ -30,6 +30,7 @@ def fit_options(config: StageConfig, resources: ResourcesConfig, output_dir: Pat
     """The :class:`ensemble.fit.FitOptions` every stage passes: where, on what resources, tracked where."""
     return {
         "output_dir": output_dir, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+        "workers_per_model": resources.workers_per_model,
         "tracker": tracker, "parent_run_id": parent_run_id, "run_params": config.model_dump(mode="json"),
         "ray_address": config.ray.address, "ray_num_cpus": config.ray.num_cpus, "ray_num_gpus": config.ray.num_gpus,
         "show_progress": show_progress, "dataset_name": config.data.name, "dataset_source": config.data.root,

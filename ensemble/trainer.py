@@ -12,88 +12,22 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .checkpoint import CheckpointDir, load_verified, save_verified, write_json
-from .config import TrainConfig, fingerprint
 from .data import Split, jitter
 from .errors import CheckpointError, TrainingDiverged
 from .lock import model_folder_lock
-from .models import model_identity
-from .objectives import CrossEntropy, Objective
+from .objectives import Objective
 from .optim import make_optimizer, make_scheduler
 from .scores import Score
+from .spec import Sampler, TrainResult, TrainSpec, sampler_identity  # noqa: F401 - re-exported: the trainer's API
 from .precision import autocast, check_precision, grad_scaler, prepare, to_memory_format
 from .streaming import as_input, in_order, iterate_rows
 from .transforms import hflip
-
-
-class Sampler(Protocol):
-    """Chooses which training examples an epoch visits, and in which order.
-
-    ``identity()`` names it in the fingerprint: a JSON-able value covering all its state (e.g. a hash of its whole
-    index tensor). A sampler without one falls back to its repr.
-    """
-
-    def epoch_order(self, num_examples: int, generator: torch.Generator) -> torch.Tensor: ...
-
-    def identity(self) -> dict: ...
-
-
-def sampler_identity(sampler: Sampler | None):
-    identity = getattr(sampler, "identity", None)
-    return identity() if callable(identity) else repr(sampler)
-
-
-@dataclass
-class TrainSpec:
-    """Everything that defines one model's training; its fingerprint names its folder on disk."""
-
-    name: str
-    role: str
-    model_factory: Callable[[], nn.Module]
-    train: TrainConfig
-    seed: int = 0
-    jitter: int = 0
-    objective: Objective = field(default_factory=CrossEntropy)
-    target_map: torch.Tensor | None = None  # dataset label -> model output (e.g. a specialist's dustbin)
-    sampler: Sampler | None = None
-    tags: dict = field(default_factory=dict)
-    identity: dict = field(default_factory=dict)  # anything else that defines the model, e.g. initial weights
-    hflip: bool = False  # mirror a random half of each batch (data.augment.hflip)
-    pack: str | None = None  # specs with the same pack train together as one vectorised model (ensemble.packing)
-
-    def fingerprint(self, data_fingerprint: str) -> str:
-        return fingerprint(
-            {
-                "model": model_identity(self.model_factory, self.seed),
-                "train": self.train.model_dump(mode="json"),
-                "seed": self.seed,
-                "jitter": self.jitter,
-                "hflip": self.hflip,
-                "objective": self.objective.describe(),
-                "target_map": None if self.target_map is None else self.target_map.tolist(),
-                "sampler": sampler_identity(self.sampler),
-                "data": data_fingerprint,
-                "identity": self.identity,
-            }
-        )
-
-
-@dataclass
-class TrainResult:
-    name: str
-    role: str
-    state_dict: dict[str, torch.Tensor]
-    logits: dict[str, torch.Tensor]  # split -> (N, C) logits, row i = example i of that split
-    history: list[dict]
-    metrics: dict
-    reused: bool = False
-    resumed_from_epoch: int = 0
-    placement: dict = field(default_factory=dict)  # where it trained: node, GPU ids, device (set by the actor)
 
 
 @torch.no_grad()
@@ -154,13 +88,18 @@ class _Run:
 class Trainer:
     """Trains one :class:`TrainSpec` on in-memory splits, checkpointing into ``workdir``."""
 
-    def __init__(self, spec: TrainSpec, data: dict[str, Split], workdir: Path, fingerprint: str, device="cpu"):
+    def __init__(self, spec: TrainSpec, data: dict[str, Split], workdir: Path, fingerprint: str, device="cpu",
+                 shard: tuple[int, int] = (0, 1)):
+        """``shard = (rank, world)``: one of ``world`` data-parallel workers (:mod:`ensemble.data_parallel`); each
+        takes rows ``rank::world`` of every batch, and only rank 0 writes files."""
         self.spec = spec
         self.data = data
         self.workdir = Path(workdir)
         self.fingerprint = fingerprint
         self.device = torch.device(device)
         self.checkpoints = CheckpointDir(self.workdir / "checkpoints")
+        self.rank, self.world = shard
+        self.writes = self.rank == 0
 
     # --- finished work on disk ---
 
@@ -206,6 +145,8 @@ class Trainer:
         if finished is not None:
             return finished
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.writes:  # rank 0 of the same data-parallel group holds the folder
+            return self._train_forked(on_epoch)
         # One writer per model folder: another process (a second run, an orphaned actor) waits here or is refused.
         with model_folder_lock(self.workdir, self.spec.name):
             # The holder we waited for may have finished this very model.
@@ -254,7 +195,8 @@ class Trainer:
         run = _Run(model, optimizer, make_scheduler(optimizer, train_cfg, self._steps_per_epoch()),
                    torch.Generator().manual_seed(spec.seed), spec.objective.to(self.device),
                    [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))],
-                   stepped=prepare(model, train_cfg.channels_last, train_cfg.compile, spec.name),
+                   stepped=data_parallel(prepare(model, train_cfg.channels_last, train_cfg.compile, spec.name),
+                                         self.world),
                    scaler=grad_scaler(train_cfg.precision, self.device))
         checkpoint = self.checkpoints.latest()
         if checkpoint is not None:
@@ -312,7 +254,8 @@ class Trainer:
             # For learning curves only: selection and early stopping never look at the test split.
             record["test_accuracy"] = self._accuracy(run.model, "test")
         run.history.append(record)
-        self.checkpoints.save(epoch + 1, run.checkpoint(self.fingerprint, epoch + 1))
+        if self.writes:
+            self.checkpoints.save(epoch + 1, run.checkpoint(self.fingerprint, epoch + 1))
         return record
 
     def _batches(self, run: _Run, order: torch.Tensor) -> tuple[dict[str, torch.Tensor], set[str]]:
@@ -330,6 +273,11 @@ class Trainer:
                 xb = jitter(xb, spec.jitter, run.generator)
             if spec.hflip:
                 xb = hflip(xb, run.generator)
+            if self.world > 1:
+                # Augmented whole on every worker (the generators stay in step), then this worker's rows.
+                if len(idx) < self.world:
+                    continue  # a last batch too small to give every worker a row: skipped by all alike
+                idx, xb = idx[self.rank :: self.world], xb[self.rank :: self.world]
             yb = y_train[idx].to(self.device, non_blocking=True)
             with autocast(spec.train.precision, self.device):
                 _, terms = run.objective(run.stepped, xb, yb, idx)
@@ -361,16 +309,24 @@ class Trainer:
             metrics.update({key: value for key, value in score.fields(f"{split}_").items()
                             if len(labels) or key.endswith(("_accuracy", "_errors"))})
         state = _cpu_state(model)
-        save_verified(state, self.workdir / "model.pt")
-        save_verified(logits, self.workdir / "logits.pt")
-        write_json(
-            self.workdir / "result.json",
-            {"name": self.spec.name, "role": self.spec.role, "fingerprint": self.fingerprint,
-             "metrics": metrics, "history": history},
-        )
+        if self.writes:
+            save_verified(state, self.workdir / "model.pt")
+            save_verified(logits, self.workdir / "logits.pt")
+            write_json(
+                self.workdir / "result.json",
+                {"name": self.spec.name, "role": self.spec.role, "fingerprint": self.fingerprint,
+                 "metrics": metrics, "history": history, "resumed_from_epoch": start_epoch},
+            )
         return TrainResult(
             self.spec.name, self.spec.role, state, logits, history, metrics, resumed_from_epoch=start_epoch
         )
+
+
+def data_parallel(stepped, world: int):
+    """What the steps call in a data-parallel group: DDP averages the workers' gradients after each backward."""
+    if world == 1:
+        return stepped
+    return torch.nn.parallel.DistributedDataParallel(stepped)
 
 
 def epoch_metrics(record: dict) -> dict:

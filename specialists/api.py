@@ -59,7 +59,8 @@ class SpecialistEnsemble:
         self.seed, self.jitter, self.hflip = seed, jitter, hflip
         resources = self.config.resources
         self.options = FitOptions(**{"output_dir": "runs/specialists", "num_cpus": resources.num_cpus,
-                                     "num_gpus": resources.num_gpus, **options})
+                                     "num_gpus": resources.num_gpus,
+                                     "workers_per_model": resources.workers_per_model, **options})
         self.specialists_: list[nn.Module] = []
         self.results_: list[TrainResult] = []
         self.run_ids_: dict[str, str] = {}
