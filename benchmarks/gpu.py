@@ -1,7 +1,8 @@
 """GPU measurements (run on a machine with CUDA; ``--smoke`` runs a tiny version anywhere to check the script).
 
 1. Images/s and peak GPU memory of one member, fp32 against bf16 (resnet8x4 on CIFAR-shaped tensors).
-2. 1, 2, 4 and 8 small members (2x128 MLP) per GPU as fractional Ray actors: images/s of all of them together.
+2. 1, 2, 4 and 8 small members (2x128 MLP) per GPU as fractional Ray actors, and as one pack (``ensemble.pack``):
+   member-images/s of all of them together.
 3. A short schedule of each CIFAR-100 config (its teacher and student, 2 epochs on CIFAR-shaped random tensors:
    the machine cannot download CIFAR), seconds per epoch.
 
@@ -44,16 +45,19 @@ def one_member(name: str, precision: str, n: int, device: str) -> dict:
     return {"images_per_second": result.history[-1]["samples_per_second"], "peak_gpu_mb": peak}
 
 
-def fractional(members: int, n: int, gpus: float) -> dict:
+def small_members(members: int, n: int, gpus: float, pack: int = 1) -> dict:
+    """``members`` 2x128 MLPs on one GPU: one fractional actor each (``pack: 1``), or packs of ``pack`` sharing
+    it; throughput is member-images per second of wall clock (actor start and data placement included)."""
     factory = RegisteredModel("mlp", (3, 32, 32), 100, {"hidden": [128, 128]})
+    actors = -(-members // pack)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        ens = Ensemble(factory, {"members": members, "train": {"epochs": 1, "batch_size": 256},
-                                 "resources": {"num_cpus": 1, "num_gpus": gpus / members}},
-                       output_dir=out, show_progress=False).fit(cifar_like(n), cifar_like(256))
+        Ensemble(factory, {"members": members, "pack": pack, "train": {"epochs": 1, "batch_size": 256},
+                           "resources": {"num_cpus": 1, "num_gpus": gpus / actors}},
+                 output_dir=out, show_progress=False).fit(cifar_like(n), cifar_like(256))
     seconds = time.perf_counter() - started
-    per_member = [r.history[-1]["samples_per_second"] for r in ens.results_]
-    return {"members": members, "wall_seconds": round(seconds, 1), "sum_images_per_second": sum(per_member)}
+    return {"members": members, "pack": pack, "actors": actors, "wall_seconds": round(seconds, 1),
+            "member_images_per_second": members * n / seconds}
 
 
 def cifar_configs(n: int, device: str) -> dict:
@@ -79,11 +83,11 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n = 512 if args.smoke else 50_000
+    gpus, counts = (1.0 if device == "cuda" else 0.0), ((1, 2) if args.smoke else (1, 2, 4, 8))
     record = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "smoke": args.smoke,
               "precision": {p: one_member("resnet8x4", p, n, device) for p in ("fp32", "bf16")},
-              "fractional": [fractional(k, n, 1.0 if device == "cuda" else 0.0)
-                             for k in ((1, 2) if args.smoke else (1, 2, 4, 8))],
-              "packed": "ensemble.pack is not implemented yet",
+              "fractional": [small_members(k, n, gpus) for k in counts],
+              "packed": [small_members(k, n, gpus, pack=k) for k in counts],
               "cifar100_configs": cifar_configs(n // 10 if args.smoke else n, device),
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     (OUT.with_name("gpu_smoke.json") if args.smoke else OUT).write_text(json.dumps(record, indent=1) + "\n")

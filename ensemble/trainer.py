@@ -172,6 +172,9 @@ class Trainer:
                 torch.cuda.manual_seed(seed)
 
     def _train(self, on_epoch: Callable[[dict], None] | None) -> TrainResult:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            self.data = inputs_on_device(self.data, self.device, free)
         run = self._start()
         patience = self.spec.train.early_stopping_patience
         for epoch in range(run.start_epoch, self.spec.train.epochs):
@@ -320,6 +323,20 @@ class Trainer:
         return TrainResult(
             self.spec.name, self.spec.role, state, logits, history, metrics, resumed_from_epoch=start_epoch
         )
+
+
+DEVICE_DATA_SHARE = 0.5  # in-memory inputs move to the GPU when they take at most this share of its free memory
+
+
+def inputs_on_device(data: dict[str, Split], device: torch.device, free_bytes: int) -> dict[str, Split]:
+    """In-memory inputs (uint8 images stay uint8) moved to ``device`` once, together, when they fit
+    :data:`DEVICE_DATA_SHARE` of ``free_bytes``: every batch is then gathered there instead of on the host and
+    copied. Labels stay on the host (they index teacher caches and metrics there); streamed splits stay as they are."""
+    in_memory = {name: split for name, split in data.items() if not split.lazy}
+    needed = sum(split.x.element_size() * split.x.nelement() for split in in_memory.values())
+    if not in_memory or needed > DEVICE_DATA_SHARE * free_bytes:
+        return data
+    return {**data, **{name: Split(split.x.to(device), split.y) for name, split in in_memory.items()}}
 
 
 def data_parallel(stepped, world: int):

@@ -150,3 +150,17 @@ def test_select_last_keeps_the_last_epoch_not_the_best_one(digits, tmp_path):
     assert final_checkpoint["epoch"] == 4
     for name, tensor in final_checkpoint["model"].items():
         assert torch.equal(last.state_dict[name], tensor)
+
+
+def test_in_memory_inputs_move_to_the_device_only_when_they_fit(digits):
+    from ensemble.trainer import inputs_on_device
+
+    splits = {"train": digits.train, "val": digits.val}
+    nbytes = sum(s.x.element_size() * s.x.nelement() for s in splits.values())  # float32 8x8 images
+    meta = torch.device("meta")  # a device with no memory: where the tensors go is all this checks
+    moved = inputs_on_device(splits, meta, free_bytes=2 * nbytes)
+    assert {s.x.device.type for s in moved.values()} == {"meta"}
+    assert {s.y.device.type for s in moved.values()} == {"cpu"}, "labels stay on the host"
+    assert digits.train.x.device.type == "cpu", "the caller's splits are not changed"
+    kept = inputs_on_device(splits, meta, free_bytes=2 * nbytes - 1)  # over half the free memory: left alone
+    assert kept is splits
