@@ -12,11 +12,21 @@ from ensemble.scores import SCORE_KEYS
 from .results import Results, SummaryRow
 
 
+def wide_console() -> Console:
+    """The terminal's width on a terminal; 160 columns when piped (a log, a CI job, a Ray job's output), where
+    rich would otherwise squeeze the tables into 80."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def print_ensemble_summary(results: Results, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or wide_console()
     table = Table(title="ensemble stage: test set")
     for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "epochs", "status"):
-        table.add_column(column, justify="left" if column in ("model", "status") else "right")
+        # A model's name never wraps: on a narrow terminal (80 columns when piped) the numbers give way first.
+        table.add_column(column, justify="left" if column in ("model", "status") else "right",
+                         no_wrap=column == "model")
     ens = results.ensemble
     for row in [*ens.members, *([results.generalist] if results.generalist else [])]:
         table.add_row(row.name, *_score_cells(row.test_accuracy, row.test_errors, row.test_nll, row.test_ece,
@@ -29,7 +39,7 @@ def print_ensemble_summary(results: Results, console: Console | None = None) -> 
 
 
 def print_specialists_summary(results: Results, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or wide_console()
     spec = results.specialists
     groups = Table(title="specialists: groups of confusable classes")
     for column in ("specialist", "classes", "test acc (group + dustbin)", "status"):
@@ -104,13 +114,13 @@ def _summary_cells(row: SummaryRow) -> list[str]:
 
 
 def print_summary(results: Results, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or wide_console()
     student = results.student
     batch = student.latency_batch_size if student else ""
     table = Table(title="pipeline summary: test set")
     for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "agrees", "params",
                    f"CPU ms / batch of {batch}"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in results.summary:
         table.add_row(row.model, *_summary_cells(row))
     console.print(table)

@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .report import wide_console
+
 
 def sweep_rows(grid, keys: list[str]) -> list[dict]:
     """One row per trial from a Tune ``ResultGrid``, ordered by the grid values."""
@@ -21,7 +23,7 @@ def sweep_rows(grid, keys: list[str]) -> list[dict]:
 
 
 def print_sweep(rows: list[dict], keys: list[str], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or wide_console()
     best = max(rows, key=lambda r: r["val_accuracy"])
     table = Table(title=f"sweep: {len(rows)} trials (best on validation marked *)")
     for column in [*(k.removeprefix("student.") for k in keys), "val acc", "test acc", "test errors", "best epoch"]:

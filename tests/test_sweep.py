@@ -57,7 +57,7 @@ def test_a_3x3_sweep_runs_on_tune_with_one_mlflow_run_per_trial(ray_cpu, tmp_pat
 
     client = MlflowClient(uri)
     parent = client.get_run(json.loads((out / "results.json").read_text())["mlflow"]["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "digits: sweep"  # config name: command
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     students = [r for r in children if r.data.tags.get("role") == "student"]

@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--store", default=f"sqlite:///{REPO / 'mlflow.db'}", help="backend store URI")
     parser.add_argument("--experiment", default="distill", help="experiment name")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the PNGs")
+    parser.add_argument("--order-by", help="a metric to sort the runs by, which the runs table then shows as a "
+                        "column (say, student_test_ece)")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -80,7 +82,13 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         if experiment.tags.get("mlflow.experimentKind") is None:  # stores made before the library set it
             client.set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", "custom_model_development")
-        screenshot(chromium, f"{url}/#/experiments/{experiment.experiment_id}/runs", out / "mlflow_ui_experiment.png")
+        query = ""
+        if args.order_by:
+            from urllib.parse import quote
+
+            query = f"?orderByKey={quote(f'metrics.`{args.order_by}`')}&orderByAsc=true"
+        screenshot(chromium, f"{url}/#/experiments/{experiment.experiment_id}/runs{query}",
+                   out / "mlflow_ui_experiment.png")
         parents = [r for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
                    if "mlflow.parentRunId" not in r.data.tags and r.info.status == "FINISHED"]
         if parents:
