@@ -128,7 +128,8 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | Path, fmt:
     if chosen is None:
         raise ConfigError(f"export: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     frozen = copy.deepcopy(model).cpu().eval()  # the graph captures its mode: never switch the caller's model
-    example = example.detach().cpu()
+    # A copy: a slice of a large tensor would otherwise be saved with its whole storage (pt2 keeps the example).
+    example = example.detach().cpu().clone()
     if example.shape[0] == 1:
         example = torch.cat([example, example])  # a batch of one would be specialised to size 1
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,10 +43,12 @@ def test_every_format_reproduces_the_eager_model_with_its_normalisation(tmp_path
     torch.manual_seed(0)
     # The shipped model takes raw pixels: its normalisation (mean 8, std 4 here) is inside the file.
     model = NormalizedModel(build_model(name, SHAPE, 10, params), [8.0], [4.0])
-    path = export_model(model, torch.randn(2, *SHAPE), tmp_path / "nested" / f"student{FORMATS[fmt].suffix}")
+    many = torch.randn(20_000, *SHAPE)  # the example is a view of 5 MB: only its two rows may reach the file
+    path = export_model(model, many[:2], tmp_path / "nested" / f"student{FORMATS[fmt].suffix}")
     assert path.is_file() and format_of(path).name == fmt
     assert model.training, "the caller's model must not be switched to eval mode"
-    assert path.stat().st_size > 4 * count_parameters(model)  # float32 weights are in the file
+    weights = 4 * count_parameters(model)
+    assert weights < path.stat().st_size < 2 * weights + 1_000_000  # float32 weights, and no stray tensors
 
     loaded = _load_with_its_own_runtime(fmt, path)
     for batch in (torch.rand(7, *SHAPE) * 16, digits.test.x[:33]):  # batch sizes the export never saw; real images
