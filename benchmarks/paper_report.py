@@ -59,7 +59,12 @@ def pct(value: float) -> str:
 
 
 def provenance(record: dict) -> str:
-    return f"Command: `{record['command']}` ({record['wall_seconds'] / 60:.1f} min wall clock, {record['when']})."
+    text = f"Command: `{record['command']}` ({record['wall_seconds'] / 60:.1f} min wall clock, {record['when']})."
+    training = record.get("training_run")
+    if training:
+        text += f" The models were trained by an earlier run of it ({training['wall_seconds'] / 60:.1f} min); this " \
+                "one reused them all."
+    return text
 
 
 def epochs(record: dict) -> str:

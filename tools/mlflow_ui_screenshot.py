@@ -43,10 +43,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     sys.exit(f"mlflow server at {url} not healthy after {timeout:.0f} s")
 
 
-def screenshot(chromium: str, url: str, out: Path) -> None:
+def screenshot(chromium: str, url: str, out: Path, height: int = 1000) -> None:
     # The UI is a single-page app: the virtual time budget lets its requests finish before the capture.
     subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1600,1000", "--virtual-time-budget=20000", f"--screenshot={out}", url],
+                    f"--window-size=1600,{height}", "--virtual-time-budget=20000", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=180)
     print(f"{url} -> {out} ({out.stat().st_size:,} bytes)")
 
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--store", default=f"sqlite:///{REPO / 'mlflow.db'}", help="backend store URI")
     parser.add_argument("--experiment", default="distill", help="experiment name")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the PNGs")
+    parser.add_argument("--run-height", type=int, default=1900, help="pixels: the run page lists every metric")
     parser.add_argument("--order-by", help="a metric to sort the runs by, which the runs table then shows as a "
                         "column (say, student_test_ece)")
     args = parser.parse_args()
@@ -92,8 +93,9 @@ def main() -> None:
         parents = [r for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
                    if "mlflow.parentRunId" not in r.data.tags and r.info.status == "FINISHED"]
         if parents:
+            # A tall window: the run page lists every metric of the parent run, the calibration ones among them.
             run_url = f"{url}/#/experiments/{experiment.experiment_id}/runs/{parents[0].info.run_id}"
-            screenshot(chromium, run_url, out / "mlflow_ui_run.png")
+            screenshot(chromium, run_url, out / "mlflow_ui_run.png", height=args.run_height)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
