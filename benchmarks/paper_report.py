@@ -461,6 +461,20 @@ def performance() -> str:
             rows.append([label, "`python benchmarks/specialist_inference.py`",
                          f"{s['specialists']} specialists, solver {s['solver']}",
                          f"{s['ratio_combined_over_generalist']:.2f}x", s["goal"]])
+    if (r := get("packing")):
+        by = {row["pack"]: row for row in r["rows"]}
+        rows.append(["8 small members (2x128 MLP): one pack vs 8 fractional actors", "`python benchmarks/packing.py`",
+                     f"{by[1]['member_images_per_s']:.0f} vs {by[8]['member_images_per_s']:.0f} member-images/s "
+                     f"(2 packs of 4: {by[4]['vs_separate']:.2f}x); mean accuracy {by[1]['mean_test_accuracy']:.4f} "
+                     f"vs {by[8]['mean_test_accuracy']:.4f}", f"{r['summary']['pack_of_8_over_separate']:.2f}x",
+                     r["summary"]["goal"]])
+    if (r := get("data_parallel")):
+        one, two = r["rows"]
+        rows.append(["one member on 2 data-parallel workers vs 1 (MNIST, global batch 128)",
+                     "`python benchmarks/data_parallel.py`",
+                     f"test accuracy {one['test_accuracy']:.4f} vs {two['test_accuracy']:.4f}; wall {one['wall_s']} s "
+                     f"vs {two['wall_s']} s (gloo on 2 shared cores)", f"{r['summary']['accuracy_gap_points']:.2f} "
+                     "points", r["summary"]["goal"]])
     machine = next((get(n)["machine"]["platform"] for n in ("trainer_overhead",) if get(n)), "")
     return f"""## Performance benchmarks (CPU, {machine})
 
