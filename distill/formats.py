@@ -9,7 +9,6 @@ would load it, and run on two batch sizes: a file whose outputs differ from the 
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,8 @@ import torch
 from torch import nn
 
 from ensemble.errors import ConfigError, ModelError
+
+from .export import _first_line, _frozen_cpu_copy
 
 EXPORT_TOLERANCE = 1e-4  # largest |exported − eager| output difference accepted
 
@@ -104,10 +105,6 @@ class TorchScript(ExportFormat):
             return torch.jit.load(str(path), map_location="cpu")
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def format_of(path: str | Path) -> ExportFormat:
     """The format a file name asks for, by its suffix (``student.pt2``, ``student.onnx``, ``student.pt``)."""
     name = Path(path).name
@@ -127,7 +124,7 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | Path, fmt:
     chosen = format_of(path) if fmt is None else FORMATS.get(fmt)
     if chosen is None:
         raise ConfigError(f"export: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    frozen = copy.deepcopy(model).cpu().eval()  # the graph captures its mode: never switch the caller's model
+    frozen = _frozen_cpu_copy(model)
     # A copy: a slice of a large tensor would otherwise be saved with its whole storage (pt2 keeps the example).
     example = example.detach().cpu().clone()
     if example.shape[0] == 1:

@@ -24,7 +24,7 @@ def print_ensemble_summary(results: Results, console: Console | None = None) -> 
     console = console or wide_console()
     table = Table(title="ensemble stage: test set")
     for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "epochs", "status"):
-        # A model's name never wraps: on a narrow terminal (80 columns when piped) the numbers give way first.
+        # A model's name never wraps: on a narrow terminal the numbers give way first.
         table.add_column(column, justify="left" if column in ("model", "status") else "right",
                          no_wrap=column == "model")
     ens = results.ensemble

@@ -60,11 +60,11 @@ def run_student_stage(
     student_run = distiller.run_ids_.get("student")
     registered = {}
     if tracker is not None and student_run:
-        section = config.student
-        tags = {"teacher": section.teacher, "temperature": section.temperature, "alpha": section.alpha,
+        cfg = config.student
+        tags = {"teacher": cfg.teacher, "temperature": cfg.temperature, "alpha": cfg.alpha,
                 "test_accuracy": report["student"].accuracy}
-        registered = log_model(tracker, student_run, distiller.student_, batch[:2], section.registered_model,
-                               section.registered_alias, tags)
+        registered = log_model(tracker, student_run, distiller.student_, batch[:2], cfg.registered_model,
+                               cfg.registered_alias, tags)
     section = student_section(config, distiller, report, batch, files, registered)
     figure = output_dir / "student" / "reliability.png"
     plot_reliability(report.details["reliability"], "Reliability on the test set (15 bins)").savefig(figure, dpi=110)

@@ -31,14 +31,10 @@ DECODE_WAIT_SECONDS = 6 * 3600.0  # another process decoding the same dataset: w
 
 def dataset_key(dataset, item_shape: tuple[int, ...]) -> str:
     """A hash of what the decoded array holds: every file (path, label, size, mtime) or the dataset's repr."""
+    from .streaming import dataset_into
+
     digest = hashlib.blake2b(digest_size=10)
-    samples = getattr(dataset, "samples", None)
-    if samples is not None:
-        for path, label in samples:
-            stat = Path(path).stat()
-            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    else:
-        digest.update(repr(dataset).encode())
+    dataset_into(dataset, digest)
     digest.update(f"{len(dataset)}|{tuple(item_shape)}".encode())
     return digest.hexdigest()
 

@@ -135,14 +135,20 @@ class LazyImages:
 
     def fingerprint_into(self, digest) -> None:
         """The dataset's files (path, size, modification time) or its own description, and the rows."""
-        samples = getattr(self.dataset, "samples", None)
-        if samples is not None:
-            for path, label in samples:
-                stat = Path(path).stat()
-                digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        else:
-            digest.update(repr(self.dataset).encode())
+        dataset_into(self.dataset, digest)
         digest.update(self.indices.numpy().tobytes())
+
+
+def dataset_into(dataset, digest) -> None:
+    """What a dataset holds, into ``digest``: each file's path, label, size and modification time (an
+    ``ImageFolder``'s ``samples``), or else the dataset's own description."""
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        for path, label in samples:
+            stat = Path(path).stat()
+            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    else:
+        digest.update(repr(dataset).encode())
 
 
 def iterate_rows(x, order: torch.Tensor, batch_size: int, pin_memory: bool = False
