@@ -47,18 +47,20 @@ def make_data(path: Path, classes: int, groups: int, per_class: int, spread: flo
     return group_of
 
 
-def config(data: Path, groups: int, top_k: int | None, temperature: float) -> dict:
+def config(data: Path, args: argparse.Namespace, top_k: int | None) -> dict:
     mlp = {"name": "mlp", "params": {"hidden": [256]}}
+    generalist = {"name": "mlp", "params": {"hidden": [args.generalist_hidden]}} if args.generalist_hidden else mlp
     train = {"epochs": 12, "batch_size": 256, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}
     return {
-        "seed": 0, "output_dir": str(WORK / "out"),
+        "seed": args.seed, "output_dir": str(WORK / "out"),
         "data": {"name": "npz", "root": str(data), "val_size": 0.1},
         "ensemble": {"members": 2, "model": mlp, "train": train, "resources": {"num_cpus": 1}},
-        "generalist": {"enabled": True},
-        "specialists": {"enabled": True, "count": groups, "min_group_size": 2, "train": {
-            "epochs": 3, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9}}},
+        "generalist": {"enabled": True, "model": generalist},
+        "specialists": {"enabled": True, "count": args.groups, "min_group_size": 2, "train": {
+            "epochs": args.specialist_epochs, "batch_size": 64,
+            "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9}}},
         "student": {"model": {"name": "mlp", "params": {"hidden": [128]}}, "teacher": "ensemble",
-                    "temperature": temperature,
+                    "temperature": args.temperature,
                     "alpha": 0.9, "baseline": top_k is None, "train": train, "registered_model": None,
                     "cache": {"store": "disk" if top_k else "memory", "top_k": top_k}},
         "tracking": {"uri": f"sqlite:///{WORK}/mlflow.db", "experiment": "many-classes"},
@@ -82,12 +84,17 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--spread", type=float, default=0.5, help="class means around their group centre")
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--generalist-hidden", type=int, default=0,
+                        help="the generalist's (and so each specialist's) one hidden layer; 0: the members' 256")
+    parser.add_argument("--specialist-epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     data = WORK / "data.npz"
     hidden = make_data(data, args.classes, args.groups, args.per_class, args.spread)
-    dense, dense_s = run(config(data, args.groups, None, args.temperature), "dense")
-    topk, topk_s = run(config(data, args.groups, args.top_k, args.temperature), "topk")
+    dense, dense_s = run(config(data, args, None), "dense")
+    topk, topk_s = run(config(data, args, args.top_k), "topk")
     found = np.full(args.classes, -1)
     for g, group in enumerate(dense["specialists"]["groups"]):
         found[group] = g  # overlap 1: disjoint groups
@@ -99,7 +106,8 @@ def main() -> None:
     spec = dense["specialists"]
     record = {
         "classes": args.classes, "hidden_groups": args.groups, "train_examples": n_train, "spread": args.spread,
-        "temperature": args.temperature,
+        "temperature": args.temperature, "seed": args.seed, "generalist_hidden": args.generalist_hidden or 256,
+        "specialist_epochs": args.specialist_epochs,
         "specialists": len(spec["groups"]), "adjusted_rand_index": adjusted_rand_score(hidden, found),
         "generalist_test_errors": spec["generalist_test_errors"], "specialists_test_errors": spec["test_errors"],
         "test_examples": args.classes * max(1, args.per_class // 3),
@@ -111,7 +119,7 @@ def main() -> None:
         "seconds": {"dense_run": round(dense_s), "topk_run": round(topk_s)},
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    OUT.write_text(json.dumps(record, indent=1) + "\n")
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     print("| measure | value |\n|---|---|")
     for key, value in record.items():
         print(f"| {key} | {value} |")

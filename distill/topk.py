@@ -41,7 +41,8 @@ class TopK:
 def top_k(probs: torch.Tensor, k: int) -> TopK:
     """The K largest of each row of ``probs`` (soft targets at T) and the log of the rest of the row's mass."""
     values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-    rest = (1 - values.sum(dim=1)).clamp_min(0)
+    # With every class kept the rest is empty: exactly zero, not the rounding error of 1 − Σ.
+    rest = (1 - values.sum(dim=1)).clamp_min(0) if k < probs.shape[1] else torch.zeros_like(values[:, 0])
     return TopK(indices, torch.log(values.clamp_min(1e-45)), torch.log(rest))
 
 

@@ -23,9 +23,11 @@ ARGS = ["--no-progress", "--set", "ensemble.members=1", "--set", "ensemble.train
         "--set", "student.baseline=false", "--set", "student.registered_model=null"]
 
 # Where each run is cut: SIGTERM, then SIGKILL, in every stage, once the run has trained an epoch of it.
-KILLS = [("ensemble/generalist-*", signal.SIGTERM), ("ensemble/generalist-*", signal.SIGKILL),
-         ("specialists/*", signal.SIGTERM), ("specialists/*", signal.SIGKILL),
-         ("student/student-*", signal.SIGTERM), ("student/student-*", signal.SIGKILL)]
+EVERY_KILL = [("ensemble/generalist-*", signal.SIGTERM), ("ensemble/generalist-*", signal.SIGKILL),
+              ("specialists/*", signal.SIGTERM), ("specialists/*", signal.SIGKILL),
+              ("student/student-*", signal.SIGTERM), ("student/student-*", signal.SIGKILL)]
+# Each stage once and each signal at least once: half the driver starts (about 25 s each on 2 cores) for CI.
+EACH_STAGE = [EVERY_KILL[0], EVERY_KILL[3], EVERY_KILL[5]]
 
 
 def _latest_epoch(out: Path, models: str) -> int:
@@ -82,9 +84,18 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def test_driver_killed_in_every_stage_loses_nothing(tmp_path):
+def test_driver_killed_in_each_stage_loses_nothing(tmp_path):
+    _kill_each_then_rerun(tmp_path, EACH_STAGE)
+
+
+@pytest.mark.slow
+def test_driver_killed_by_each_signal_in_every_stage_loses_nothing(tmp_path):
+    _kill_each_then_rerun(tmp_path, EVERY_KILL)
+
+
+def _kill_each_then_rerun(tmp_path: Path, kills: list[tuple[str, int]]) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    pids = [_kill_after_an_epoch(out, uri, models, sig) for models, sig in KILLS]
+    pids = [_kill_after_an_epoch(out, uri, models, sig) for models, sig in kills]
     _quiet(out)
     final = _start(out, uri)
     assert final.wait(timeout=300) == 0, final.stderr.read()
@@ -94,10 +105,10 @@ def test_driver_killed_in_every_stage_loses_nothing(tmp_path):
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     seen = [(p.info.status, p.data.tags.get("pid"), p.data.tags.get("ended_by")) for p in parents]
-    assert [p.info.status for p in parents] == ["KILLED"] * len(KILLS) + ["FINISHED"], (
+    assert [p.info.status for p in parents] == ["KILLED"] * len(kills) + ["FINISHED"], (
         f"SIGTERM ends the run at once; after SIGKILL the next run finds the driver gone and ends it: {seen}, "
         f"drivers {pids}")
-    for parent, (_, sig) in zip(parents, KILLS):
+    for parent, (_, sig) in zip(parents, kills):
         assert ("gone" in parent.data.tags.get("ended_by", "")) == (sig == signal.SIGKILL)
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "no nested run is left RUNNING"
 

@@ -83,6 +83,7 @@ def test_job_submission_client(head, token_env, tmp_path):
     _check(out, uri, "ensemble")
 
 
+@pytest.mark.slow  # Ray copies the 6-7 GB virtualenv: 100 s here, several minutes on a fresh CI disk
 def test_job_with_a_pip_runtime_env(head, token_env, tmp_path):
     """A job whose runtime environment names its pip requirements: Ray builds a virtualenv for it (a clone of the
     head's own, which runs from one) and installs them there; the requirement is already installed, as the test

@@ -45,6 +45,19 @@ def test_all_classes_kept_is_the_dense_kl():
     assert math.isclose(float(topk_soft_target_kl(z, top_k(probs, 4), 2.0)), dense, rel_tol=1e-9)
 
 
+def test_all_classes_kept_in_float32_is_the_dense_kl_and_gradient():
+    # Rows of 1,000 float32 probabilities whose sum rounds off 1: "the rest" must be empty, not 1e-7 with an infinite
+    # log-ratio. The KL is checked in float64; d/dz of T² · KL(p ‖ softmax(z / T)), batch mean, is T · (q − p) / N.
+    t, generator = 2.0, torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(8, 1000, generator=generator), dim=1)
+    z = torch.randn(8, 1000, generator=generator, requires_grad=True)
+    loss = topk_soft_target_kl(z, top_k(probs, 1000), t)
+    loss.backward()
+    p, q = probs.double(), torch.softmax(z.detach().double() / t, dim=1)
+    assert math.isclose(loss.item(), float(t * t * (p * (p.log() - q.log())).sum(1).mean()), rel_tol=1e-5)
+    assert torch.allclose(z.grad.double(), t * (q - p) / len(p), atol=1e-7)
+
+
 def test_what_top_k_leaves_out_is_the_rest_mass_times_the_rest_kl():
     # L_dense − L_K = T² · R · KL(p_rest / R ‖ q_rest / Q_rest), row by row (checked here on one row at a time).
     t, k = 2.0, 2
