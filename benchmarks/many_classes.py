@@ -113,6 +113,8 @@ def _newest_cache_bytes(top_k: int) -> int:
 
 def summary(rows: list[dict]) -> dict:
     def stats(values):
+        if not values:
+            return None
         return {"mean": round(statistics.mean(values), 4),
                 "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
 
