@@ -1,7 +1,10 @@
 """Many classes: 1,000 classes in 50 hidden groups of 20 confusable ones, through the whole pipeline.
 
 The data are Gaussian clusters in 64 dimensions: group centres far apart, class means within a group close, so the
-generalist confuses classes inside a group and K-means on its predictions should find the groups. Two runs share
+generalist confuses classes inside a group and K-means on its predictions should find the groups. The generalist
+has 64 hidden units against the members' 256: specialists add capacity where the generalist lacks it, as in the
+paper. A generalist as wide as the members is limited by the data (27 examples a class), not by its capacity, and
+there the specialists did not help (1681 -> 1810 test errors, groups not found: ARI 0.10, one seed). Two runs share
 the ensemble and the specialists (reused from disk by the second): a student distilled from dense targets in
 memory, and one from top-K (K = 20) targets in memory-mapped shards. Reported per training seed and as mean and
 standard deviation: how well the groups are recovered (adjusted Rand index), the specialists' gain (Eq. 5 against
@@ -135,9 +138,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--spread", type=float, default=0.5, help="class means around their group centre")
     parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--generalist-hidden", type=int, default=0,
+    parser.add_argument("--generalist-hidden", type=int, default=64,
                         help="the generalist's (and so each specialist's) one hidden layer; 0: the members' 256")
-    parser.add_argument("--specialist-epochs", type=int, default=3)
+    parser.add_argument("--specialist-epochs", type=int, default=10)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="training seeds (the data: seed 0)")
     parser.add_argument("--specialist-seeds", type=int, default=1,
                         help="how many of the seeds (the first ones) also train the generalist and specialists; the "

@@ -48,6 +48,8 @@ def test_more_workers_than_the_cluster_holds_is_one_line(digits, tmp_path, ray_c
         ens.fit(digits.train, digits.val)
 
 
+# Two Ray Train starts, about 95 s; CI resumes killed single-actor members (test_faults, test_driver_kill).
+@pytest.mark.slow
 def test_a_killed_data_parallel_run_resumes(tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "distill.cli", "ensemble", "--output-dir", str(out), "--no-progress",

@@ -64,6 +64,7 @@ def test_ray_job_submit_cli(head, token_env, tmp_path):
     _check(out, uri)
 
 
+@pytest.mark.slow  # the same job as test_ray_job_submit_cli, through the Python SDK: 35 s more
 def test_job_submission_client(head, token_env, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
