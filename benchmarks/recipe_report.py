@@ -120,24 +120,26 @@ def checks_line() -> str:
     plain = record["plain_loop_teacher_1_epoch"]
     short = ", ".join(f"{r['baseline_errors']} (seed {r['seed']})" for r in plain)
     bare2 = ", ".join(str(r["baseline_errors"]) for r in record["bare_loop_2_threads"])
-    more = record.get("bare_loop_more_seeds", [])
+    long_teacher = [_load(n)["baseline_errors"] for n in ("reference", "reference_seed1", "reference_seed2")]
     text = (f"The Trainer, the pipeline's split and 1 against 2 threads (the bare loop at 2 threads: {bare2}) change "
             f"nothing. After a 1-epoch teacher the plain loop's baseline scores {short}; after its 30-epoch teacher "
-            f"153-155. The plain loop's layer list (identity dropouts) changes nothing either, and weight decay 5e-4 "
-            f"moves the mean by less than one standard deviation, so it stays off.")
+            f"{min(long_teacher)}-{max(long_teacher)}. The plain loop's layer list (identity dropouts) changes nothing "
+            f"either, and weight decay 5e-4 moves the mean by less than one standard deviation, so it stays off.")
+    more = record.get("bare_loop_more_seeds", [])
     if not more:
         return text + " The remaining gap is not explained; the bisection rules the project's training loop out."
-    bisect = json.loads((OUT / "baseline_bisect.json").read_text())["variants"]["bare"]["errors"]
-    long_teacher = [_load(n)["baseline_errors"] for n in ("reference", "reference_seed1", "reference_seed2")]
-    bare_all = bisect + [r["baseline_errors"] for r in more]
+    bisect = _load("baseline_bisect")
+    bare_all = bisect["variants"]["bare"]["errors"] + [r["baseline_errors"] for r in more]
     plain_all = long_teacher + [r["baseline_errors"] for r in plain]
+    seeds = sorted({*bisect["seeds"], *(r["seed"] for r in more)})
+    listed = ", ".join(f"{r['baseline_errors']} (seed {r['seed']})" for r in more)
     return text + (
-        f" Three more seeds of the bare loop ({', '.join(str(r['baseline_errors']) for r in more)}, seeds 3-5) show "
-        f"how much one seed moves it: over seeds 0-5 the bare loop gives {statistics.mean(bare_all):.1f} ± "
-        f"{statistics.stdev(bare_all):.1f} and the plain loop {statistics.mean(plain_all):.1f} ± "
-        f"{statistics.stdev(plain_all):.1f} (its 8 runs above), a difference of about one standard deviation of the "
-        f"bare loop. Three seeds cannot resolve a gap of this size; the baseline row of the acceptance needs more "
-        f"seeds than the issue's three to be decided either way.")
+        f" {len(more)} more seeds of the bare loop ({listed}) show how much one seed moves it: over seeds "
+        f"{seeds[0]}-{seeds[-1]} the bare loop gives "
+        f"{statistics.mean(bare_all):.1f} ± {statistics.stdev(bare_all):.1f} and the plain loop "
+        f"{statistics.mean(plain_all):.1f} ± {statistics.stdev(plain_all):.1f} (its {len(plain_all)} runs above), a "
+        f"difference of about one standard deviation of the bare loop. Three seeds cannot resolve a gap of this size; "
+        f"the baseline row of the acceptance needs more seeds than the issue's three to be decided either way.")
 
 
 def _bisect_epochs() -> str:

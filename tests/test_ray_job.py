@@ -64,7 +64,7 @@ def test_ray_job_submit_cli(head, token_env, tmp_path):
     _check(out, uri)
 
 
-@pytest.mark.slow  # the same job as test_ray_job_submit_cli, through the Python SDK: 35 s more
+@pytest.mark.slow  # the same job as test_ray_job_submit_cli, through the Python SDK: 34 s more
 def test_job_submission_client(head, token_env, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -84,7 +84,7 @@ def test_job_submission_client(head, token_env, tmp_path):
     _check(out, uri, "ensemble")
 
 
-@pytest.mark.slow  # Ray copies the 6-7 GB virtualenv: 100 s here, several minutes on a fresh CI disk
+@pytest.mark.slow  # Ray copies the 6-7 GB virtualenv: 113 s here
 def test_job_with_a_pip_runtime_env(head, token_env, tmp_path):
     """A job whose runtime environment names its pip requirements: Ray builds a virtualenv for it (a clone of the
     head's own, which runs from one) and installs them there; the requirement is already installed, as the test
