@@ -122,24 +122,25 @@ class Distiller:
 
     def _targets_on_disk(self, train: Split, val: Split | None):
         """The teacher run over the transfer data batch by batch into memory-mapped shards (top-K when asked),
-        named by everything that defines them: the teacher's weights and settings, T, K, the data."""
+        named by everything that defines them: the teacher's weights and settings, T, K, S, the data."""
         cfg, online = self.config, self.teacher.online()
         plain = (str, int, float, list, dict)
         settings = {k: v for k, v in vars(online).items() if not k.startswith("_") and isinstance(v, plain)}
         identity = fingerprint({"teacher": self.teacher.teacher_name(), "settings": settings,
                                 "weights": state_fingerprint(online.state_dict()), "temperature": cfg.temperature,
-                                "top_k": cfg.cache.top_k, "data": [s.fingerprint() for s in (train, val) if s]})
+                                "top_k": cfg.cache.top_k, "rest_samples": cfg.cache.rest_samples,
+                                "data": [s.fingerprint() for s in (train, val) if s]})
         splits = [s for s in (train, val) if s is not None]
         folder = Path(self.options.output_dir) / "teacher_targets" / identity
         if self.options.in_process:
             batches = (online(as_input(inputs), cfg.temperature) for split in splits
                        for inputs in in_order(split.x, 4096))
             targets = write_targets(folder, batches, sum(len(s) for s in splits), cfg.cache.top_k,
-                                    cfg.cache.rows_per_shard)
+                                    cfg.cache.rows_per_shard, cfg.cache.rest_samples)
         else:  # one Ray task per shard, as the cluster's CPUs allow
             connect_ray(self.options.ray_address, self.options.ray_num_cpus, self.options.ray_num_gpus)
             targets = write_targets_on_ray(folder, online, splits, cfg.temperature, cfg.cache.top_k,
-                                           cfg.cache.rows_per_shard, self.options.num_cpus)
+                                           cfg.cache.rows_per_shard, self.options.num_cpus, cfg.cache.rest_samples)
         return targets, f"{self.teacher.teacher_name()}:{identity}"
 
     # --- training ---

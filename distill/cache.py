@@ -1,10 +1,11 @@
 """Teacher targets on disk: memory-mapped shards indexed by sample id, read a batch at a time, never loaded whole.
 
 A folder holds ``meta.json`` and, per shard of ``rows_per_shard`` examples, either the dense targets
-(``probs``, ``logits``: N x C) or the top-K ones (``indices``, ``log_probs``: N x K, ``rest``: N), as ``.npy`` files
+(``probs``, ``logits``: N x C) or the top-K ones (``indices``, ``log_probs``: N x K, ``rest``: N; with a sampled
+tail also ``rest_samples``: N x S, ``rest_entropy``: N), as ``.npy`` files
 that :func:`numpy.load` maps read-only. The folder is written once under a temporary name and renamed when
 complete, so a reader never sees half a cache; its name is a hash of everything that defines the targets (the
-teacher's weights, T, K, the data), so a changed setting can never reuse it.
+teacher's weights, T, K, S, the data), so a changed setting can never reuse it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .topk import TopK, top_k
 
 DENSE = ("probs", "logits")
 TOPK = ("indices", "log_probs", "rest")
+TAIL = ("rest_samples", "rest_entropy")
 
 
 class ShardedTargets:
@@ -44,13 +46,19 @@ class ShardedTargets:
     def top_k(self) -> int | None:
         return self.meta["top_k"]
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        if not self.top_k:
+            return DENSE
+        return TOPK + (TAIL if self.meta.get("rest_samples") else ())
+
     def nbytes(self) -> int:
         return sum(f.stat().st_size for f in self.folder.glob("*.npy"))
 
     def _open(self) -> list[dict[str, np.ndarray]]:
         if self._shards is None:
-            names = TOPK if self.top_k else DENSE
-            self._shards = [{name: np.load(self.folder / f"{shard:05d}_{name}.npy", mmap_mode="r") for name in names}
+            self._shards = [{name: np.load(self.folder / f"{shard:05d}_{name}.npy", mmap_mode="r")
+                             for name in self.names}
                             for shard in range(self.meta["shards"])]
         return self._shards
 
@@ -59,7 +67,7 @@ class ShardedTargets:
         per = self.meta["rows_per_shard"]
         shards, offsets = rows // per, rows % per
         arrays = {}
-        for name in (TOPK if self.top_k else DENSE):
+        for name in self.names:
             out = None
             for shard in np.unique(shards):
                 part = self._open()[shard][name]
@@ -69,13 +77,14 @@ class ShardedTargets:
                 out[shards == shard] = picked
             arrays[name] = torch.from_numpy(out)
         if self.top_k:
-            top = TopK(arrays["indices"].long(), arrays["log_probs"].float(), arrays["rest"].float())
+            tail = (arrays["rest_samples"].long(), arrays["rest_entropy"].float()) if "rest_samples" in arrays else ()
+            top = TopK(arrays["indices"].long(), arrays["log_probs"].float(), arrays["rest"].float(), *tail)
             return TeacherOutputs(top=top)
         return TeacherOutputs(arrays["probs"].float(), arrays["logits"].float())
 
 
 def write_targets(folder: str | Path, batches: Iterable[TeacherOutputs], rows: int, top: int | None = None,
-                  rows_per_shard: int = 65536) -> ShardedTargets:
+                  rows_per_shard: int = 65536, rest_samples: int = 0) -> ShardedTargets:
     """Write the teacher's targets for ``rows`` examples, batch by batch, as shards; returns the reader."""
     folder = Path(folder)
     if (folder / "meta.json").is_file():
@@ -84,7 +93,7 @@ def write_targets(folder: str | Path, batches: Iterable[TeacherOutputs], rows: i
     buffers: dict[str, list[np.ndarray]] = {}
     written, shard = 0, 0
     for batch in batches:
-        parts = _arrays(batch, top)
+        parts = _arrays(batch, top, rest_samples, written)
         for name, array in parts.items():
             buffers.setdefault(name, []).append(array)
         written += len(next(iter(parts.values())))
@@ -94,7 +103,8 @@ def write_targets(folder: str | Path, batches: Iterable[TeacherOutputs], rows: i
         raise ValueError(f"teacher cache: wrote {written} rows, expected {rows}")
     if buffers and sum(len(a) for a in next(iter(buffers.values()))):
         shard = _flush(partial, buffers, shard, rows_per_shard)
-    return _complete(partial, folder, {"rows": rows, "rows_per_shard": rows_per_shard, "shards": shard, "top_k": top})
+    return _complete(partial, folder, {"rows": rows, "rows_per_shard": rows_per_shard, "shards": shard, "top_k": top,
+                                       "rest_samples": rest_samples})
 
 
 def _partial_folder(folder: Path) -> Path:
@@ -114,11 +124,15 @@ def _complete(partial: Path, folder: Path, meta: dict) -> ShardedTargets:
     return ShardedTargets(folder)
 
 
-def _arrays(batch: TeacherOutputs, top: int | None) -> dict[str, np.ndarray]:
+def _arrays(batch: TeacherOutputs, top: int | None, rest_samples: int = 0, first_row: int = 0) -> dict[str, np.ndarray]:
     if top:
-        targets = top_k(batch.probs, top)
-        return {"indices": targets.indices.to(torch.int32).numpy(), "log_probs": targets.log_probs.numpy(),
-                "rest": targets.rest_log_mass.numpy()}
+        targets = top_k(batch.probs, top, rest_samples, first_row)
+        arrays = {"indices": targets.indices.to(torch.int32).numpy(), "log_probs": targets.log_probs.numpy(),
+                  "rest": targets.rest_log_mass.numpy()}
+        if rest_samples:
+            arrays.update(rest_samples=targets.rest_samples.to(torch.int32).numpy(),
+                          rest_entropy=targets.rest_entropy.numpy())
+        return arrays
     return {"probs": batch.probs.numpy(), "logits": batch.logits.numpy()}
 
 
@@ -131,7 +145,7 @@ def _flush(folder: Path, buffers: dict[str, list[np.ndarray]], shard: int, rows_
 
 
 def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature: float, top: int | None = None,
-                         rows_per_shard: int = 65536, num_cpus: float = 1) -> ShardedTargets:
+                         rows_per_shard: int = 65536, num_cpus: float = 1, rest_samples: int = 0) -> ShardedTargets:
     """The same shards as :func:`write_targets`, each computed and written by its own Ray task.
 
     Plain Ray tasks rather than Ray Data: the rows are addressed by sample id and the splits (in-memory arrays in
@@ -149,16 +163,18 @@ def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature:
     total = sum(len(s) for s in splits)
     teacher_ref, data_ref = ray.put(teacher), ray.put([to_numpy(s) for s in splits])
     task = _shard_task.options(num_cpus=num_cpus)
-    ray.get([task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature, top,
-                         str(partial), shard)
+    ray.get([task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature,
+                         (top, rest_samples), str(partial), shard)
              for shard, start in enumerate(range(0, total, rows_per_shard))])
     return _complete(partial, folder, {"rows": total, "rows_per_shard": rows_per_shard,
-                                       "shards": -(-total // rows_per_shard), "top_k": top})
+                                       "shards": -(-total // rows_per_shard), "top_k": top,
+                                       "rest_samples": rest_samples})
 
 
-def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, top: int | None, folder: str,
-                     shard: int) -> None:
-    """Rows ``start..stop`` of the splits joined end to end, through the teacher, saved as shard ``shard``."""
+def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, top: tuple[int | None, int],
+                     folder: str, shard: int) -> None:
+    """Rows ``start..stop`` of the splits joined end to end, through the teacher, saved as shard ``shard``;
+    ``top``: (K, S) as in :func:`write_targets`."""
     from ensemble.data import from_numpy
     from ensemble.streaming import as_input, in_order
 
@@ -166,9 +182,11 @@ def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, t
     for split in (from_numpy(d) for d in data):
         lo, hi = max(start, offset), min(stop, offset + len(split))
         if lo < hi:
+            row = lo
             for inputs in in_order(split.x, 4096, lo - offset, hi - offset):
                 with torch.no_grad():
-                    parts.append(_arrays(teacher(as_input(inputs), temperature), top))
+                    parts.append(_arrays(teacher(as_input(inputs), temperature), *top, row))
+                row += len(inputs)
         offset += len(split)
     for name in parts[0]:
         np.save(Path(folder) / f"{shard:05d}_{name}.npy", np.concatenate([p[name] for p in parts]))

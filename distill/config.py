@@ -28,7 +28,15 @@ class CacheConfig(Section):
                                              "shards under output_dir read a batch at a time (data beyond RAM)")
     top_k: int | None = Field(None, gt=0, description="keep each example's top K teacher probabilities and the rest's "
                               "mass (many classes; see distill/topk.py for what the loss then computes)")
+    rest_samples: int = Field(0, ge=0, description="with top_k: also keep this many classes drawn from each "
+                              "example's rest, so the loss estimates the dense one without bias (distill/topk.py)")
     rows_per_shard: int = Field(65536, gt=0, description="examples per shard file (store: disk)")
+
+    @model_validator(mode="after")
+    def _tail_needs_top_k(self) -> "CacheConfig":
+        if self.rest_samples and not self.top_k:
+            raise ValueError("rest_samples: the draws come from the classes outside the top K; set top_k too")
+        return self
 
 
 class StudentConfig(Section):

@@ -60,6 +60,11 @@ def test_a_student_trains_from_top_k_targets_on_disk_named_by_what_defines_them(
     Distiller(teacher, factory, {"temperature": 2.0, "cache": {"top_k": 3}}, **common).fit(digits.train, digits.val)
     assert len(list((tmp_path / "student" / "teacher_targets").iterdir())) == len(folders) + 1, \
         "another temperature is another cache"
+    tail = Distiller(teacher, factory, {"temperature": 2.0, "cache": {"top_k": 3, "rest_samples": 4}}, **common)
+    tail.fit(digits.train, digits.val)
+    assert len(list((tmp_path / "student" / "teacher_targets").iterdir())) == len(folders) + 2, \
+        "sampling the rest is another cache"
+    assert tail.objective_.cache[torch.arange(5)].top.rest_samples.shape == (5, 4)
 
 
 def test_shards_written_by_ray_tasks_equal_those_written_here(tmp_path, ray_cpu):
@@ -72,10 +77,15 @@ def test_shards_written_by_ray_tasks_equal_those_written_here(tmp_path, ray_cpu)
     splits = [Split(torch.randn(13, 1, 2, 2), torch.zeros(13, dtype=torch.long)),
               Split(torch.randn(8, 1, 2, 2), torch.zeros(8, dtype=torch.long))]  # a shard spans both splits
     online = ModuleOutputs(net)
-    here = write_targets(tmp_path / "here", (online(s.x, 3.0) for s in splits), 21, top=2, rows_per_shard=5)
-    remote = write_targets_on_ray(tmp_path / "ray", online, splits, 3.0, top=2, rows_per_shard=5)
+    # Written in batches of 13 and 8 here, in shards of 5 there: a row's sampled rest classes depend on its id only.
+    here = write_targets(tmp_path / "here", (online(s.x, 3.0) for s in splits), 21, top=2, rows_per_shard=5,
+                         rest_samples=3)
+    remote = write_targets_on_ray(tmp_path / "ray", online, splits, 3.0, top=2, rows_per_shard=5, rest_samples=3)
     assert remote.meta == here.meta and remote.meta["shards"] == 5
     rows = torch.tensor([20, 0, 12, 13, 4])
     a, b = here[rows].top, remote[rows].top
     assert torch.equal(a.indices, b.indices) and torch.allclose(a.log_probs, b.log_probs, atol=1e-6)
     assert torch.allclose(a.rest_log_mass, b.rest_log_mass, atol=1e-6)
+    assert a.rest_samples.shape == (5, 3) and torch.equal(a.rest_samples, b.rest_samples)
+    assert torch.allclose(a.rest_entropy, b.rest_entropy, atol=1e-6)
+    assert not (a.rest_samples[:, :, None] == a.indices[:, None, :]).any(), "draws come from outside the top K"

@@ -43,6 +43,8 @@ def test_overrides_parse_values_as_yaml():
         ("ensemble.model.params.hiden=[3]", "no parameter 'hiden'"),
         ("ensemble.resources.num_gpus=1.5", "ensemble.resources.num_gpus"),
         ("ensemble.mean=harmonic", "ensemble.mean"),
+        ("student.cache.rest_samples=8", "student.cache: rest_samples: the draws come from the classes "
+                                         "outside the top K; set top_k too"),
     ],
 )
 def test_bad_values_name_the_key(override, named):

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from distill.topk import top_k, topk_soft_target_kl
+from distill.topk import systematic_draws, top_k, topk_soft_target_kl
 
 # Three examples over four classes; the teacher's distributions at T are given directly.
 P = [[0.5, 0.3, 0.15, 0.05], [0.1, 0.6, 0.12, 0.18], [0.28, 0.26, 0.24, 0.22]]  # no ties: top K is unique
@@ -87,3 +87,34 @@ def test_gradient_error_is_bounded_by_twice_t_times_the_rest_mass():
     bound = 2 * t * targets.rest_mass
     assert (targets.rest_mass > 0.05).all(), "a case where top-K really drops mass"
     assert (error <= bound + 1e-12).all() and (error > 0).all()
+
+
+def test_sampled_rest_makes_the_loss_the_dense_kl_when_the_draws_are_exact():
+    # Six classes, K = 2, S = 4 draws from the rest. Each row's rest shares are multiples of 1/4, so systematic draws
+    # hit each class exactly S·share times (offsets from rows 1-3 keep every point off a boundary): the estimate of the
+    # left-out KL is then exact, and the loss and its gradient are the dense ones. The last row has no rest at all.
+    p = [[0.4, 0.3, 0.15, 0.075, 0.075, 0.0], [0.05, 0.05, 0.1, 0.5, 0.3, 0.0], [0.75, 0.25, 0.0, 0.0, 0.0, 0.0]]
+    z = [[0.2, 1.0, -0.5, 0.3, 0.0, 0.7], [1.0, -1.0, 0.5, 0.0, 0.4, -0.2], [0.0, 0.1, 0.2, -0.3, 0.0, 0.5]]
+    t = 2.0
+    targets = top_k(torch.tensor(p, dtype=torch.float64), 2, rest_samples=4, first_row=1)
+    assert targets.rest_samples.tolist()[:2] == [[2, 2, 3, 4], [0, 1, 2, 2]]
+    logits = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    loss = topk_soft_target_kl(logits, targets, t)
+    loss.backward()
+    dense = t * t * sum(_kl(row_p, _softmax(row_z, t)) for row_p, row_z in zip(p, z)) / len(p)
+    assert math.isclose(loss.item(), dense, rel_tol=1e-9)
+    one_bin = float(topk_soft_target_kl(logits.detach(), top_k(torch.tensor(p, dtype=torch.float64), 2), t))
+    assert dense - one_bin > 0.01, "without the draws the rest's own KL is missing"
+    q = torch.softmax(logits.detach() / t, dim=1)
+    assert torch.allclose(logits.grad, t * (q - torch.tensor(p, dtype=torch.float64)) / len(p), atol=1e-12)
+
+
+def test_systematic_draws_hit_each_class_floor_or_ceil_of_its_expected_count():
+    weights = torch.softmax(torch.randn(50, 30, generator=torch.Generator().manual_seed(1)), dim=1)
+    weights[:, :3] = 0  # classes that must never be drawn
+    draws = systematic_draws(weights, 16, first_row=7)
+    counts = torch.zeros(50, 30).scatter_add_(1, draws, torch.ones(50, 16))
+    expected = 16 * weights / weights.sum(1, keepdim=True)
+    assert (counts >= expected.floor() - 1e-9).all() and (counts <= expected.ceil() + 1e-9).all()
+    assert counts[:, :3].sum() == 0
+    assert torch.equal(systematic_draws(weights[10:20], 16, first_row=17), draws[10:20]), "a row's draws: its id"
