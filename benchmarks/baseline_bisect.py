@@ -76,7 +76,7 @@ def with_dropout_layers() -> torch.nn.Module:
     return net.append(torch.nn.Linear(800, 10))
 
 
-def bare(data: dict[str, Split], epochs: int, seed: int, build=None) -> int:
+def bare(data: dict[str, Split], epochs: int, seed: int, build=None, label_smoothing: float = 0.0) -> int:
     torch.manual_seed(seed)
     model = (build or student())()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -88,7 +88,7 @@ def bare(data: dict[str, Split], epochs: int, seed: int, build=None) -> int:
         order = torch.randperm(len(y))
         for b in range(steps):
             idx = order[b * 100:(b + 1) * 100]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=label_smoothing)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -122,7 +122,8 @@ def main() -> None:
     variants = {"bare": lambda s: bare(raw, args.epochs, s), "trainer": lambda s: through_trainer(raw, args.epochs, s),
                 "trainer_split": lambda s: through_trainer(pipeline_split, args.epochs, s),
                 "dropout_layers": lambda s: bare(raw, args.epochs, s, with_dropout_layers),
-                "trainer_wd5e-4": lambda s: through_trainer(raw, args.epochs, s, 5e-4)}
+                "trainer_wd5e-4": lambda s: through_trainer(raw, args.epochs, s, 5e-4),
+                "bare_ls0.1": lambda s: bare(raw, args.epochs, s, label_smoothing=0.1)}
     rows = {}
     for name, run in variants.items():
         if name not in args.variants:

@@ -91,7 +91,8 @@ def bisect_table() -> str:
             "trainer_split": "the Trainer on the pipeline's split (59,400 of the 60,000)",
             "dropout_layers": "the bare loop on the plain loop's layer list (a Dropout(0.0) after input and hidden "
                               "layers)",
-            "trainer_wd5e-4": "the Trainer with SGD weight decay 5e-4 (the option the issue asks to measure)"}
+            "trainer_wd5e-4": "the Trainer with SGD weight decay 5e-4 (the option the issue asks to measure)",
+            "bare_ls0.1": "the bare loop with label smoothing 0.1 (the other option the issue asks to measure)"}
     lines = ["| variant | what trains | test errors per seed | mean ± std |", "|---|---|---|---|"]
     for name, row in record["variants"].items():
         lines.append(f"| {name} | {what.get(name, name)} | {', '.join(map(str, row['errors']))} | "
@@ -108,6 +109,22 @@ def curve_table() -> str:
              "|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['student_epochs']} | {r['teacher_errors']} | {r['baseline_errors']} | "
+                     f"{r['distilled_errors']} | {r['gap_recovered']:.0%} | {r['wall_seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def teacher_curve_table() -> str:
+    """The share of the gap against the teacher's epochs (students: 20 epochs); the 30-epoch teacher's point is the
+    student curve's 20-epoch one."""
+    records = [json.loads(f.read_text()) for f in OUT.glob("curve_teacher*_seed0.json")]
+    first = _load("curve_student20_seed0")
+    if not records or first is None:
+        return "`benchmarks/gap_curve.py --teacher-epochs ...` has not been run yet."
+    records = sorted(records + [{**first, "teacher_epochs": 30}], key=lambda r: r["teacher_epochs"])
+    lines = ["| teacher epochs | teacher | baseline | distilled | share of the gap | wall min |",
+             "|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['teacher_epochs']} | {r['teacher_errors']} | {r['baseline_errors']} | "
                      f"{r['distilled_errors']} | {r['gap_recovered']:.0%} | {r['wall_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
@@ -181,6 +198,10 @@ The share of the gap against the student's epochs, one teacher (30 epochs), the 
 (`python benchmarks/gap_curve.py`):
 
 {curve_table()}
+
+The same against the teacher's epochs (students 20 epochs; `python benchmarks/gap_curve.py --teacher-epochs 60 120`):
+
+{teacher_curve_table()}
 """
     return text, wall
 

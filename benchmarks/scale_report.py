@@ -31,9 +31,22 @@ def eq5_table() -> str:
     return "\n".join(lines)
 
 
-def _gap_points(seed: dict) -> float:
-    """How far the top-K student's test accuracy is below the dense one's, in points."""
-    return 100 * (seed["student_dense_test_accuracy"] - seed["student_topk_test_accuracy"])
+def _gap_points(seed: dict, student: str = "topk") -> float:
+    """How far the top-K (or ``topk_tail``) student's test accuracy is below the dense one's, in points."""
+    return 100 * (seed["student_dense_test_accuracy"] - seed[f"student_{student}_test_accuracy"])
+
+
+def _tail_cells(seed: dict) -> str:
+    """The sampled-rest student's accuracy and gap, or dashes for a record without it."""
+    accuracy = seed.get("student_topk_tail_test_accuracy")
+    if accuracy is None:
+        return "– | –"
+    return f"{accuracy:.4f} | {_gap_points(seed, 'topk_tail'):+.2f}"
+
+
+def _tail_bytes(r: dict) -> str:
+    size = r["seeds"][0].get("topk_tail_cache_bytes")
+    return f", top-K plus S = {r['rest_samples']} sampled rest classes {size / 1e6:.2f} MB" if size else ""
 
 
 def many_classes_table() -> str:
@@ -44,17 +57,18 @@ def many_classes_table() -> str:
             f"T = {r['temperature']}; generalist (and specialists) one hidden layer of {r['generalist_hidden']}, "
             f"members 256; specialists trained {r['specialist_epochs']} epochs; {r['test_examples']:,} test examples. "
             f"Teacher cache: dense (probs + logits) {r['dense_cache_bytes'] / 1e6:.1f} MB, top-K (K = {r['top_k']}) "
-            f"{r['seeds'][0]['topk_cache_bytes'] / 1e6:.2f} MB on disk.")
+            f"{r['seeds'][0]['topk_cache_bytes'] / 1e6:.2f} MB on disk" + _tail_bytes(r) + ".")
     lines = [head, "", "| seed | specialists | groups recovered (ARI) | generalist errors | with specialists (Eq. 5) "
-             "| ensemble acc. | baseline acc. | student, dense targets | student, top-K | dense − top-K (points) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| ensemble acc. | baseline acc. | student, dense targets | student, top-K | dense − top-K (points) "
+             "| student, top-K + sampled rest | dense − that (points) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in r["seeds"]:
         ari = f"{s['adjusted_rand_index']:.3f}" if "specialists" in s else "–"
         lines.append(f"| {s['seed']} | {s.get('specialists', '–')} | {ari} | "
                      f"{s.get('generalist_test_errors', '–')} | {s.get('specialists_test_errors', '–')} | "
                      f"{s['ensemble_test_accuracy']:.4f} | {s['baseline_test_accuracy']:.4f} | "
                      f"{s['student_dense_test_accuracy']:.4f} | {s['student_topk_test_accuracy']:.4f} | "
-                     f"{_gap_points(s):+.2f} |")
+                     f"{_gap_points(s):+.2f} | {_tail_cells(s)} |")
     m = r["summary"]
 
     def pm(key, digits=4):
@@ -65,8 +79,16 @@ def many_classes_table() -> str:
               f"{pm('specialists_fewer_errors', 1)} of the generalist's test errors. Over all seeds: students "
               f"{pm('student_dense_test_accuracy')} "
               f"(dense) vs {pm('student_topk_test_accuracy')} (top-K), a gap of "
-              f"{pm('dense_minus_topk_points', 2)} points (goal: within 0.5)."]
+              f"{pm('dense_minus_topk_points', 2)} points (goal: within 0.5)." + _tail_summary(m)]
     return "\n".join(lines)
+
+
+def _tail_summary(m: dict) -> str:
+    if not m.get("dense_minus_topk_tail_points"):
+        return ""
+    gap, acc = m["dense_minus_topk_tail_points"], m["student_topk_tail_test_accuracy"]
+    return (f" With the sampled rest (`student.cache.rest_samples`), the same K: {acc['mean']:.4f} ± {acc['std']:.4f}, "
+            f"a gap of {gap['mean']:.2f} ± {gap['std']:.2f} points.")
 
 
 def topk_control() -> str:
@@ -84,6 +106,23 @@ def topk_control() -> str:
             f"trained on the same loss end this far apart once float rounding makes their trajectories diverge. "
             f"Paired by seed, K = 20 costs {statistics.mean(paired):.2f} ± {statistics.stdev(paired):.2f} points "
             f"against K = 999: that part is the approximation.")
+
+
+def equal_bytes_control() -> str:
+    """Pure top-K with K chosen so its cache is as large as top-K plus the sampled rest."""
+    main, control = _load("many_classes"), _load("many_classes_k31")
+    if main is None or control is None or not main["summary"].get("dense_minus_topk_tail_points"):
+        return ""
+    gap = control["summary"]["dense_minus_topk_points"]
+    by_seed = {s["seed"]: s for s in control["seeds"]}
+    paired = [100 * (s["student_topk_tail_test_accuracy"] - by_seed[s["seed"]]["student_topk_test_accuracy"])
+              for s in main["seeds"] if s["seed"] in by_seed]
+    return (f"Equal bytes (`--top-k {control['top_k']} --rest-samples 0`): a one-bin cache of "
+            f"{control['seeds'][0]['topk_cache_bytes'] / 1e6:.2f} MB, as large as K = {main['top_k']} plus "
+            f"S = {main['rest_samples']} draws, leaves its students {gap['mean']:.2f} ± {gap['std']:.2f} points "
+            f"below the dense ones over seeds {', '.join(str(r['seed']) for r in control['seeds'])}; paired by seed, "
+            f"the sampled rest's students are {statistics.mean(paired):+.2f} ± {statistics.stdev(paired):.2f} points "
+            f"above them.")
 
 
 def data_scale_table() -> str:
@@ -131,6 +170,8 @@ def scale_section() -> tuple[str, float]:
 {many_classes_table()}
 
 {topk_control()}
+
+{equal_bytes_control()}
 """
     return text, wall
 
