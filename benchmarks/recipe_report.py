@@ -100,17 +100,19 @@ def bisect_table() -> str:
     return "\n".join(lines)
 
 
-def curve_table() -> str:
-    records = sorted((json.loads(f.read_text()) for f in OUT.glob("curve_student*_seed0.json")),
-                     key=lambda r: r["student_epochs"])
-    if not records:
-        return "`benchmarks/gap_curve.py` has not been run yet."
-    lines = ["| student epochs | teacher | baseline | distilled | share of the gap | wall min |",
+def _curve(records: list[dict], epochs_key: str, who: str) -> str:
+    lines = [f"| {who} epochs | teacher | baseline | distilled | share of the gap | wall min |",
              "|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['student_epochs']} | {r['teacher_errors']} | {r['baseline_errors']} | "
+    for r in sorted(records, key=lambda r: r[epochs_key]):
+        lines.append(f"| {r[epochs_key]} | {r['teacher_errors']} | {r['baseline_errors']} | "
                      f"{r['distilled_errors']} | {r['gap_recovered']:.0%} | {r['wall_seconds'] / 60:.1f} |")
     return "\n".join(lines)
+
+
+def curve_table() -> str:
+    records = [json.loads(f.read_text()) for f in OUT.glob("curve_student*_seed0.json")]
+    return _curve(records, "student_epochs", "student") if records else \
+        "`benchmarks/gap_curve.py` has not been run yet."
 
 
 def teacher_curve_table() -> str:
@@ -120,13 +122,7 @@ def teacher_curve_table() -> str:
     first = _load("curve_student20_seed0")
     if not records or first is None:
         return "`benchmarks/gap_curve.py --teacher-epochs ...` has not been run yet."
-    records = sorted(records + [{**first, "teacher_epochs": 30}], key=lambda r: r["teacher_epochs"])
-    lines = ["| teacher epochs | teacher | baseline | distilled | share of the gap | wall min |",
-             "|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['teacher_epochs']} | {r['teacher_errors']} | {r['baseline_errors']} | "
-                     f"{r['distilled_errors']} | {r['gap_recovered']:.0%} | {r['wall_seconds'] / 60:.1f} |")
-    return "\n".join(lines)
+    return _curve(records + [{**first, "teacher_epochs": 30}], "teacher_epochs", "teacher")
 
 
 def checks_line() -> str:
