@@ -184,7 +184,7 @@ def _smoothing_line(bisect: dict) -> str:
             f"{smoothed['std']:.1f}, {-statistics.mean(change):.0f} errors fewer than without it on the same seeds "
             f"(each seed: {', '.join(f'{c:+d}' for c in change)}), better than the distilled student. The paper's "
             f"baseline is the student 'with no regularization', so the headline keeps it unsmoothed; "
-            f"`train.label_smoothing` is not an option of the pipeline yet.")
+            f"`train.label_smoothing` offers it to users (off by default).")
 
 
 def _bisect_epochs() -> str:

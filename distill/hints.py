@@ -116,7 +116,8 @@ class HintObjective(Objective):
     """Stage 1: ``(logits, {"hint": L_HT})`` with the teacher's hint layer computed on the batch."""
 
     def __init__(self, teacher: nn.Module, hint_layer: str, guided_layer: str, teacher_id: str = ""):
-        self.teacher, self.hint_layer, self.guided_layer, self.teacher_id = teacher, hint_layer, guided_layer, teacher_id
+        self.teacher, self.hint_layer, self.guided_layer = teacher, hint_layer, guided_layer
+        self.teacher_id = teacher_id
 
     def __call__(self, model: HintStudent, x, y, idx):
         with torch.no_grad(), ForwardHooks(self.teacher, [self.hint_layer]) as t_out:
@@ -133,6 +134,9 @@ class HintObjective(Objective):
     def describe(self) -> dict:
         return {"objective": "fitnets_hint", "hint_layer": self.hint_layer, "guided_layer": self.guided_layer,
                 "teacher": self.teacher_id}
+
+    def with_label_smoothing(self, label_smoothing: float) -> "HintObjective":
+        return self  # a regression onto the teacher's hint layer: no hard labels to smooth
 
 
 def load_guided_student(student_factory, hint_state: dict):

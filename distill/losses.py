@@ -33,9 +33,10 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, te
     return temperature**2 * (F.cross_entropy(student_logits / temperature, teacher_probs) - entropy)
 
 
-def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``CE(y, q_1) = −log softmax(z)_y``, batch mean, at T = 1."""
-    return F.cross_entropy(student_logits, labels)
+def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``CE(y, q_1) = −log softmax(z)_y``, batch mean, at T = 1; with label smoothing ε the target is
+    ``(1 − ε)·onehot(y) + ε/C``."""
+    return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
 
 
 def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,8 @@ def get_loss(name: str):
 
 
 @register_loss("kd")
-def kd(student_logits, labels, teacher: TeacherOutputs, temperature: float, alpha: float) -> dict[str, torch.Tensor]:
+def kd(student_logits, labels, teacher: TeacherOutputs, temperature: float, alpha: float,
+       label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
     """``L = α · T² · KL(p_T ‖ q_T) + (1 − α) · CE(y, q_1)``, both terms from the same student logits; with top-K
     targets (``student.cache.top_k``) the KL is taken on the teacher's top K classes plus the rest
     (:func:`distill.topk.topk_soft_target_kl`)."""
@@ -73,24 +75,24 @@ def kd(student_logits, labels, teacher: TeacherOutputs, temperature: float, alph
         soft = soft_target_kl(student_logits, teacher.probs, temperature)
     terms = {"soft": alpha * soft}
     if alpha < 1:
-        terms["hard"] = (1 - alpha) * hard_label_ce(student_logits, labels)
+        terms["hard"] = (1 - alpha) * hard_label_ce(student_logits, labels, label_smoothing)
     return terms
 
 
 @register_loss("logit_matching")
 def logit_matching_loss(student_logits, labels, teacher: TeacherOutputs, temperature: float,
-                        alpha: float) -> dict[str, torch.Tensor]:
+                        alpha: float, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
     """``L = α · ½‖z − v‖² + (1 − α) · CE(y, q_1)`` on zero-meaned logits (temperature unused)."""
     if teacher.logits is None:
         raise ConfigError("student.loss: logit_matching needs the teacher's full logits; unset student.cache.top_k")
     terms = {"logits": alpha * logit_matching(student_logits, teacher.logits)}
     if alpha < 1:
-        terms["hard"] = (1 - alpha) * hard_label_ce(student_logits, labels)
+        terms["hard"] = (1 - alpha) * hard_label_ce(student_logits, labels, label_smoothing)
     return terms
 
 
 @register_loss("ce")
 def ce(student_logits, labels, teacher: TeacherOutputs | None, temperature: float,
-       alpha: float) -> dict[str, torch.Tensor]:
+       alpha: float, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
     """Hard labels only: the baseline student of the paper's comparison."""
-    return {"hard": hard_label_ce(student_logits, labels)}
+    return {"hard": hard_label_ce(student_logits, labels, label_smoothing)}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 
 import torch
 from torch import nn
 
+from ensemble.errors import ConfigError
 from ensemble.objectives import Objective
 
 from .losses import TeacherOutputs, get_loss
@@ -28,6 +31,7 @@ class DistillationObjective(Objective):
         self.loss, self.temperature, self.alpha = loss, temperature, alpha
         self.cache, self.teacher, self.teacher_id = cache, teacher, teacher_id
         self.device, self.on_device = torch.device("cpu"), isinstance(cache, TeacherOutputs)
+        self.label_smoothing = 0.0
 
     def __call__(self, model, x, y, idx):
         logits = model(x)
@@ -38,7 +42,8 @@ class DistillationObjective(Objective):
             teacher = self.cache[idx.to(self.device) if self.on_device else idx.cpu()].to(self.device)
         else:
             teacher = None
-        return logits, get_loss(self.loss)(logits, y, teacher, self.temperature, self.alpha)
+        smoothing = {"label_smoothing": self.label_smoothing} if self.label_smoothing else {}
+        return logits, get_loss(self.loss)(logits, y, teacher, self.temperature, self.alpha, **smoothing)
 
     def to(self, device):
         self.device = torch.device(device)
@@ -50,5 +55,16 @@ class DistillationObjective(Objective):
         return self
 
     def describe(self) -> dict:
+        smoothing = {"label_smoothing": self.label_smoothing} if self.label_smoothing else {}
         return {"objective": "distillation", "loss": self.loss, "temperature": self.temperature, "alpha": self.alpha,
-                "teacher": self.teacher_id, "online": self.teacher is not None}
+                "teacher": self.teacher_id, "online": self.teacher is not None, **smoothing}
+
+    def with_label_smoothing(self, label_smoothing: float) -> "DistillationObjective":
+        """Smooths the loss's hard-label term; the loss must take ``label_smoothing`` (the built-in ones do)."""
+        if not label_smoothing:
+            return self
+        if "label_smoothing" not in inspect.signature(get_loss(self.loss)).parameters:
+            raise ConfigError(f"train.label_smoothing: student.loss {self.loss!r} takes no label_smoothing argument")
+        smoothed = copy.copy(self)
+        smoothed.label_smoothing = label_smoothing
+        return smoothed

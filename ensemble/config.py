@@ -104,6 +104,8 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(
         None, gt=0, description="stop after this many epochs without a better validation accuracy"
     )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="hard-label targets (1 - eps) on the label plus eps "
+                                   "/ C on every class (Szegedy et al., 2016); the paper's baselines used none")
     select: Literal["best", "last"] = Field(
         "best", description="keep the weights of the epoch with the best validation accuracy, or of the last epoch")
     final_fit: bool = Field(
@@ -112,6 +114,14 @@ class TrainConfig(Section):
                                                         "fp16 (CUDA only) adds a gradient scaler")
     channels_last: bool = Field(False, description="convolutional models and inputs in channels-last memory format")
     compile: bool = Field(False, description="torch.compile the model (eager, with a warning, where unsupported)")
+
+    def identity(self) -> dict:
+        """The settings that name a model trained with them. An option added later is left out while it keeps its
+        default, which is how every model before it was trained, so those models keep their names."""
+        settings = self.model_dump(mode="json")
+        if not settings["label_smoothing"]:
+            del settings["label_smoothing"]
+        return settings
 
 
 class ResourcesConfig(Section):

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 
 class Objective:
     def __call__(
@@ -26,6 +28,13 @@ class Objective:
         """What identifies this objective in a checkpoint fingerprint."""
         return {"objective": type(self).__name__}
 
+    def with_label_smoothing(self, label_smoothing: float) -> "Objective":
+        """This objective with its hard-label cross-entropy smoothed (``train.label_smoothing``); one that has no
+        such term, or cannot smooth it, refuses rather than train unsmoothed."""
+        if label_smoothing:
+            raise ConfigError(f"train.label_smoothing: the {type(self).__name__} objective does not apply it; set 0")
+        return self
+
     def state_dict(self) -> dict:
         """Trainable state the objective owns (a discriminator and its optimiser), saved in every checkpoint."""
         return {}
@@ -35,8 +44,19 @@ class Objective:
 
 
 class CrossEntropy(Objective):
-    """Hard-label cross-entropy, ``-log softmax(z)_y``: how ensemble members and the generalist are trained."""
+    """Hard-label cross-entropy, ``-log softmax(z)_y``: how ensemble members and the generalist are trained. With
+    label smoothing ε the target is ``(1 − ε)·onehot(y) + ε/C``."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
 
     def __call__(self, model, x, y, idx):
         logits = model(x)
-        return logits, {"ce": F.cross_entropy(logits, y)}
+        return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
+
+    def describe(self) -> dict:
+        smoothing = {"label_smoothing": self.label_smoothing} if self.label_smoothing else {}
+        return {"objective": type(self).__name__, **smoothing}
+
+    def with_label_smoothing(self, label_smoothing: float) -> "CrossEntropy":
+        return CrossEntropy(label_smoothing)

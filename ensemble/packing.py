@@ -51,7 +51,8 @@ def check_packable(specs: list[TrainSpec], models: list[nn.Module]) -> None:
         if shape != shapes[0] or repr(model) != repr(first):
             raise ConfigError(f"ensemble.pack: {spec.name} and {name} have different architectures; packed members "
                               "must share one (set ensemble.pack: 1)")
-    if any(spec.train != specs[0].train or spec.objective.describe() != CrossEntropy().describe()
+    plain = CrossEntropy(specs[0].train.label_smoothing).describe()
+    if any(spec.train != specs[0].train or spec.objective.describe() != plain
            for spec in specs):
         raise ConfigError("ensemble.pack: packed members need one training config and plain cross-entropy")
     if specs[0].train.compile:
@@ -279,8 +280,8 @@ class PackedTrainer:
             yb = y_train[idx].to(self.device, non_blocking=True)
             with autocast(cfg.precision, self.device):
                 logits = packed(xb)
-            per_member = F.cross_entropy(logits.float().flatten(0, 1), yb.repeat(packed.size),
-                                         reduction="none").view(packed.size, -1).mean(dim=1)
+            per_member = F.cross_entropy(logits.float().flatten(0, 1), yb.repeat(packed.size), reduction="none",
+                                         label_smoothing=cfg.label_smoothing).view(packed.size, -1).mean(dim=1)
             run["optimizer"].zero_grad(set_to_none=True)
             _step(run, per_member.sum())
             if cfg.scheduler.name == "onecycle":

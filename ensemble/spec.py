@@ -49,11 +49,14 @@ class TrainSpec:
     hflip: bool = False  # mirror a random half of each batch (data.augment.hflip)
     pack: str | None = None  # specs with the same pack train together as one vectorised model (ensemble.packing)
 
+    def __post_init__(self):
+        self.objective = self.objective.with_label_smoothing(self.train.label_smoothing)
+
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(
             {
                 "model": model_identity(self.model_factory, self.seed),
-                "train": self.train.model_dump(mode="json"),
+                "train": self.train.identity(),
                 "seed": self.seed,
                 "jitter": self.jitter,
                 "hflip": self.hflip,

@@ -44,17 +44,19 @@ def _splits(digits):
     return {"train": digits.train, "val": digits.val, "test": digits.test}
 
 
-def _packed(digits, tmp_path, epochs=1, folder="packed"):
-    specs = [TrainSpec(f"member_{i}", "member", _model(digits), _train(epochs), seed, pack="p") for i, seed in
-             enumerate(SEEDS)]
+def _packed(digits, tmp_path, epochs=1, folder="packed", **train):
+    specs = [TrainSpec(f"member_{i}", "member", _model(digits), _train(epochs, **train), seed, pack="p")
+             for i, seed in enumerate(SEEDS)]
     dirs = [tmp_path / folder / spec.name for spec in specs]
     return PackedTrainer(specs, _splits(digits), dirs, [f"fp{i}" for i in range(len(specs))])
 
 
-def test_packed_members_match_members_trained_alone_on_the_same_batches(digits, tmp_path):
-    packed = _packed(digits, tmp_path).fit()
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_packed_members_match_members_trained_alone_on_the_same_batches(digits, tmp_path, label_smoothing):
+    packed = _packed(digits, tmp_path, label_smoothing=label_smoothing).fit()
     for i, seed in enumerate(SEEDS):
-        spec = TrainSpec(f"alone_{i}", "member", _model(digits), _train(), seed, sampler=_PackOrder())
+        spec = TrainSpec(f"alone_{i}", "member", _model(digits), _train(label_smoothing=label_smoothing), seed,
+                         sampler=_PackOrder())
         alone = Trainer(spec, _splits(digits), tmp_path / f"alone_{i}", f"a{i}").fit()
         for key, value in alone.state_dict.items():
             torch.testing.assert_close(packed[i].state_dict[key], value, atol=2e-5, rtol=1e-4)
