@@ -46,12 +46,14 @@ STEPS = [
 ]
 
 
-# Branches off the chain: (name, the step they change, what changes, overrides), seed 0 only.
+# Branches off the chain: (name, the step they change, what changes, overrides); seed 0 unless --branch-seeds.
 BRANCHES = [
     ("final_fit", "batch100_lr", "train.final_fit: the best epoch count on the 10% hold-out, then all 60,000",
      ["ensemble.train.final_fit=true", "student.train.final_fit=true"]),
     ("student_jitter", "all_data", "the students see inputs jittered by 2 px; the teacher runs online on them",
      ["student.jitter=2"]),
+    ("label_smoothing", "all_data", "the students' hard labels smoothed by 0.1 (the baseline, and the distilled "
+     "student's (1 - alpha) term)", ["student.train.label_smoothing=0.1"]),
 ]
 
 
@@ -112,11 +114,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="step names (default: all)")
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS), help="seeds of the final step")
+    parser.add_argument("--branch-seeds", nargs="*", type=int, default=[0], help="seeds of the branches")
     parser.add_argument("--reference", action="store_true", help="also run the plain PyTorch loop, once per seed")
     parser.add_argument("--force", action="store_true", help="rerun what is recorded already")
     args = parser.parse_args()
     jobs = [(name, 0) for name, _, _ in STEPS[:-1]] + [(STEPS[-1][0], seed) for seed in args.seeds]
-    jobs += [(branch[0], 0) for branch in BRANCHES]
+    jobs += [(branch[0], seed) for branch in BRANCHES for seed in args.branch_seeds]
     for name, seed in jobs:
         key = f"{name}_seed{seed}"
         if (args.only and name not in args.only) or ((OUT / f"{key}.json").is_file() and not args.force):

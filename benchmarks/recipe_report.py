@@ -56,9 +56,9 @@ def _mean_std(values: list) -> str:
     return f"{statistics.mean(values):.1f} ± {spread:.1f} ({', '.join(map(str, values))})"
 
 
-def seeds_table() -> tuple[str, list[str]]:
-    final = STEPS[-1][0]
-    records = [r for r in (_load(f"{final}_seed{s}") for s in range(3)) if r is not None]
+def seeds_table(step: str = STEPS[-1][0]) -> tuple[str, list[str]]:
+    """``step`` over seeds 0-2 against the plain loop's runs, row by row."""
+    records = [r for r in (_load(f"{step}_seed{s}") for s in range(3)) if r is not None]
     references = _references()
     if not records:
         return "The final recipe has not been run yet.", []
@@ -79,6 +79,15 @@ def seeds_table() -> tuple[str, list[str]]:
                  f" | {statistics.mean(ref_gaps):.0%} ({', '.join(f'{g:.0%}' for g in ref_gaps)}) | 67% |"
                  if ref_gaps else "")
     return "\n".join(lines), verdicts
+
+
+def smoothed_seeds_text() -> str:
+    """The ``label_smoothing`` branch over seeds 0-2, when more than seed 0 of it has run."""
+    if _load("label_smoothing_seed1") is None:
+        return ""
+    table, verdicts = seeds_table("label_smoothing")
+    return (f"The same with the students' hard labels smoothed by 0.1 (`student.train.label_smoothing=0.1`; the "
+            f"teacher is unchanged):\n\n{table}\n\n{'; '.join(verdicts)}.")
 
 
 def bisect_table() -> str:
@@ -214,6 +223,8 @@ row until a step measurably beats it:
 {seeds}
 
 {ref_line} {'; '.join(verdicts) + '.' if verdicts else ''}
+
+{smoothed_seeds_text()}
 
 The hard-label baseline alone, three ways, at the plain loop's recipe (one-cycle to lr 0.05, SGD momentum 0.9,
 batch 100, {_bisect_epochs()} epochs, last epoch kept, one thread), seeds 0-2 (`python benchmarks/baseline_bisect.py`):
