@@ -7,6 +7,8 @@ examples' positions in their split, which is how cached teacher outputs are look
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,4 +61,8 @@ class CrossEntropy(Objective):
         return {"objective": type(self).__name__, **smoothing}
 
     def with_label_smoothing(self, label_smoothing: float) -> "CrossEntropy":
-        return CrossEntropy(label_smoothing)
+        if label_smoothing == self.label_smoothing:
+            return self
+        smoothed = copy.copy(self)  # a subclass keeps what it adds
+        smoothed.label_smoothing = label_smoothing
+        return smoothed

@@ -70,6 +70,20 @@ def test_a_spec_applies_its_train_sections_smoothing_and_is_named_by_it():
     assert student.objective.describe()["label_smoothing"] == 0.2
 
 
+def test_a_subclass_of_cross_entropy_keeps_its_behaviour_when_smoothed():
+    class Counting(CrossEntropy):
+        calls = 0
+
+        def __call__(self, model, x, y, idx):
+            Counting.calls += 1
+            return super().__call__(model, x, y, idx)
+
+    for eps in (0.0, 0.1):
+        spec = TrainSpec("m", "member", small_mlp_factory((4,), 3), TrainConfig(label_smoothing=eps),
+                         objective=Counting())
+        assert isinstance(spec.objective, Counting) and spec.objective.label_smoothing == eps
+
+
 def test_objectives_that_cannot_smooth_refuse_in_one_line():
     @register_loss("no_smoothing_here")
     def loss(student_logits, labels, teacher, temperature, alpha):
