@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, fingerprint
+from .errors import ConfigError
 from .models import model_identity
 from .objectives import CrossEntropy, Objective
 
@@ -50,7 +51,12 @@ class TrainSpec:
     pack: str | None = None  # specs with the same pack train together as one vectorised model (ensemble.packing)
 
     def __post_init__(self):
-        self.objective = self.objective.with_label_smoothing(self.train.label_smoothing)
+        smoothing = getattr(self.objective, "with_label_smoothing", None)  # an objective need not subclass Objective
+        if smoothing is not None:
+            self.objective = smoothing(self.train.label_smoothing)
+        elif self.train.label_smoothing:
+            raise ConfigError(f"train.label_smoothing: the {type(self.objective).__name__} objective does not apply "
+                              "it; set 0")
 
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(

@@ -97,3 +97,18 @@ def test_objectives_that_cannot_smooth_refuse_in_one_line():
                   objective=DistillationObjective("no_smoothing_here"))  # without smoothing it trains as before
     finally:
         LOSSES.pop("no_smoothing_here")
+
+
+def test_an_objective_outside_the_class_tree_trains_unsmoothed_and_refuses_smoothing():
+    class Duck:  # the objective protocol without Objective's base class
+        def __call__(self, model, x, y, idx):
+            logits = model(x)
+            return logits, {"ce": torch.nn.functional.cross_entropy(logits, y)}
+
+        def describe(self):
+            return {"objective": "duck"}
+
+    duck = Duck()
+    assert TrainSpec("m", "member", small_mlp_factory((4,), 3), TrainConfig(), objective=duck).objective is duck
+    with pytest.raises(ConfigError, match="train.label_smoothing: the Duck objective does not apply it"):
+        TrainSpec("m", "member", small_mlp_factory((4,), 3), TrainConfig(label_smoothing=0.1), objective=Duck())
