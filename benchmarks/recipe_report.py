@@ -87,7 +87,8 @@ def smoothed_seeds_text() -> str:
         return ""
     table, verdicts = seeds_table("label_smoothing")
     return (f"The same with the students' hard labels smoothed by 0.1 (`student.train.label_smoothing=0.1`; the "
-            f"teacher's settings are unchanged, but it was trained again, and scores differently):\n\n{table}\n\n{'; '.join(verdicts)}.")
+            f"teacher's settings are unchanged, but it was trained again, and scores differently):\n\n{table}\n\n"
+            f"{'; '.join(verdicts)}.")
 
 
 def bisect_table() -> str:
