@@ -128,8 +128,9 @@ class Distiller:
         settings = {k: v for k, v in vars(online).items() if not k.startswith("_") and isinstance(v, plain)}
         identity = fingerprint({"teacher": self.teacher.teacher_name(), "settings": settings,
                                 "weights": state_fingerprint(online.state_dict()), "temperature": cfg.temperature,
-                                "top_k": cfg.cache.top_k, "rest_samples": cfg.cache.rest_samples,
-                                "data": [s.fingerprint() for s in (train, val) if s]})
+                                "top_k": cfg.cache.top_k, "data": [s.fingerprint() for s in (train, val) if s],
+                                # added later: left out at its default, so caches written before keep their names
+                                **({"rest_samples": cfg.cache.rest_samples} if cfg.cache.rest_samples else {})})
         splits = [s for s in (train, val) if s is not None]
         folder = Path(self.options.output_dir) / "teacher_targets" / identity
         if self.options.in_process:

@@ -163,18 +163,17 @@ def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature:
     total = sum(len(s) for s in splits)
     teacher_ref, data_ref = ray.put(teacher), ray.put([to_numpy(s) for s in splits])
     task = _shard_task.options(num_cpus=num_cpus)
-    ray.get([task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature,
-                         (top, rest_samples), str(partial), shard)
+    ray.get([task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature, top,
+                         rest_samples, str(partial), shard)
              for shard, start in enumerate(range(0, total, rows_per_shard))])
     return _complete(partial, folder, {"rows": total, "rows_per_shard": rows_per_shard,
                                        "shards": -(-total // rows_per_shard), "top_k": top,
                                        "rest_samples": rest_samples})
 
 
-def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, top: tuple[int | None, int],
+def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, top: int | None, rest_samples: int,
                      folder: str, shard: int) -> None:
-    """Rows ``start..stop`` of the splits joined end to end, through the teacher, saved as shard ``shard``;
-    ``top``: (K, S) as in :func:`write_targets`."""
+    """Rows ``start..stop`` of the splits joined end to end, through the teacher, saved as shard ``shard``."""
     from ensemble.data import from_numpy
     from ensemble.streaming import as_input, in_order
 
@@ -185,7 +184,7 @@ def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, t
             row = lo
             for inputs in in_order(split.x, 4096, lo - offset, hi - offset):
                 with torch.no_grad():
-                    parts.append(_arrays(teacher(as_input(inputs), temperature), *top, row))
+                    parts.append(_arrays(teacher(as_input(inputs), temperature), top, rest_samples, row))
                 row += len(inputs)
         offset += len(split)
     for name in parts[0]:

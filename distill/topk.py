@@ -30,7 +30,7 @@ draws are systematic: one offset per example, then S evenly spaced points of the
 a class holding a share s of the rest is drawn ⌊S·s⌋ or ⌈S·s⌉ times (lower variance than independent draws) and
 the offset is a function of the sample id only, so the same example gets the same draws however the cache is split
 into batches or shards. On the 1,000-class benchmark (K = 20, S = 20, T = 2, 6 seeds; BENCHMARKS §9) the student
-ended 0.14 ± 0.50 points below the dense one, against 0.70 ± 0.40 for the one-bin loss, for a cache 1.5x larger.
+ended 0.14 ± 0.50 points below the dense one, against 0.69 ± 0.40 for the one-bin loss, for a cache 1.5x larger.
 """
 
 from __future__ import annotations

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Protocol
 
 import torch
 from torch import nn
 
 from .config import TrainConfig, fingerprint
-from .errors import ConfigError
 from .models import model_identity
 from .objectives import CrossEntropy, Objective
 
@@ -51,12 +51,10 @@ class TrainSpec:
     pack: str | None = None  # specs with the same pack train together as one vectorised model (ensemble.packing)
 
     def __post_init__(self):
-        smoothing = getattr(self.objective, "with_label_smoothing", None)  # an objective need not subclass Objective
-        if smoothing is not None:
-            self.objective = smoothing(self.train.label_smoothing)
-        elif self.train.label_smoothing:
-            raise ConfigError(f"train.label_smoothing: the {type(self.objective).__name__} objective does not apply "
-                              "it; set 0")
+        # An objective need not subclass Objective; one without the method gets the base's answer (refuse if asked).
+        smoothing = getattr(self.objective, "with_label_smoothing", None) or partial(Objective.with_label_smoothing,
+                                                                                      self.objective)
+        self.objective = smoothing(self.train.label_smoothing)
 
     def fingerprint(self, data_fingerprint: str) -> str:
         return fingerprint(
