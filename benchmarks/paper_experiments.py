@@ -6,6 +6,7 @@ baselines and ensemble member 0 are trained once and reused by every experiment 
 
     python benchmarks/paper_experiments.py                 # all experiments, skipping those already recorded
     python benchmarks/paper_experiments.py --only headline --force
+    python benchmarks/paper_experiments.py --seeds 1 2 --only headline temperature   # more seeds of some
     python benchmarks/paper_report.py                      # then write BENCHMARKS.md from the JSON files
 """
 
@@ -53,35 +54,45 @@ def experiments() -> list[tuple[str, str, list[str]]]:
     ]
 
 
-def run_one(name: str, config: str, overrides: list[str]) -> dict:
+def record_name(name: str, seed: int) -> str:
+    """Seed 0 keeps the experiment's own name, so the records written before seeds existed stay valid."""
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def run_one(name: str, config: str, overrides: list[str], seed: int = 0) -> dict:
     command = "sweep" if name == "sweep" else "run"
+    overrides = overrides + ([f"seed={seed}"] if seed else [])
     args = [config, "--output-dir", RUNS, "--no-progress", *[a for o in overrides for a in ("--set", o)]]
     distill = Path(sys.executable).with_name("distill")
     started = time.perf_counter()
     subprocess.run([str(distill), command, *args], cwd=REPO, check=True)
     wall = time.perf_counter() - started
     results = json.loads((REPO / RUNS / "results.json").read_text())
-    record = {"experiment": name, "command": " ".join(["distill", command, *args]), "wall_seconds": round(wall, 1),
-              "when": time.strftime("%Y-%m-%d %H:%M:%S"), **results}
+    record = {"experiment": name, "seed": seed, "command": " ".join(["distill", command, *args]),
+              "wall_seconds": round(wall, 1), "when": time.strftime("%Y-%m-%d %H:%M:%S"), **results}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (OUT / f"{record_name(name, seed)}.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="experiment names (default: all)")
+    parser.add_argument("--only", nargs="*", help="experiment names or their prefixes (default: all)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0], help="seeds to run each experiment with")
     parser.add_argument("--force", action="store_true", help="rerun experiments that already have a JSON record")
     args = parser.parse_args()
-    for name, config, overrides in experiments():
-        if args.only and name not in args.only:
-            continue
-        if (OUT / f"{name}.json").is_file() and not args.force:
-            print(f"[{name}] recorded already; --force reruns it", flush=True)
-            continue
-        print(f"[{name}] distill run {config} {' '.join(overrides)}", flush=True)
-        record = run_one(name, config, overrides)
-        print(f"[{name}] done in {record['wall_seconds']:.0f} s", flush=True)
+    # Seed-major, so that every experiment of one seed shares that seed's teacher before the next is trained.
+    for seed in args.seeds:
+        for name, config, overrides in experiments():
+            key = record_name(name, seed)
+            if args.only and not any(name.startswith(prefix) for prefix in args.only):
+                continue
+            if (OUT / f"{key}.json").is_file() and not args.force:
+                print(f"[{key}] recorded already; --force reruns it", flush=True)
+                continue
+            print(f"[{key}] distill run {config} {' '.join(overrides)}", flush=True)
+            record = run_one(name, config, overrides, seed)
+            print(f"[{key}] done in {record['wall_seconds']:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
