@@ -81,14 +81,21 @@ def seeds_table(step: str = STEPS[-1][0]) -> tuple[str, list[str]]:
     return "\n".join(lines), verdicts
 
 
-def smoothed_seeds_text() -> str:
-    """The ``label_smoothing`` branch over seeds 0-2, when more than seed 0 of it has run."""
-    if _load("label_smoothing_seed1") is None:
+# Branches run over several seeds, and how the report introduces each.
+BRANCH_INTROS = {
+    "label_smoothing": "The same with the students' hard labels smoothed by 0.1 (`student.train.label_smoothing=0.1`; "
+                       "the teacher's settings are unchanged, but it was trained again, and scores differently)",
+    "student_jitter": "The same with the students' inputs jittered by up to 2 pixels, as the teacher's are "
+                      "(`student.jitter=2`; the teacher gives its soft targets online, on the jittered images)",
+}
+
+
+def branch_seeds_text(branch: str) -> str:
+    """A branch over seeds 0-2 against the plain loop, when more than seed 0 of it has run."""
+    if _load(f"{branch}_seed1") is None:
         return ""
-    table, verdicts = seeds_table("label_smoothing")
-    return (f"The same with the students' hard labels smoothed by 0.1 (`student.train.label_smoothing=0.1`; the "
-            f"teacher's settings are unchanged, but it was trained again, and scores differently):\n\n{table}\n\n"
-            f"{'; '.join(verdicts)}.")
+    table, verdicts = seeds_table(branch)
+    return f"{BRANCH_INTROS[branch]}:\n\n{table}\n\n{'; '.join(verdicts)}."
 
 
 def bisect_table() -> str:
@@ -225,7 +232,9 @@ row until a step measurably beats it:
 
 {ref_line} {'; '.join(verdicts) + '.' if verdicts else ''}
 
-{smoothed_seeds_text()}
+{branch_seeds_text('label_smoothing')}
+
+{branch_seeds_text('student_jitter')}
 
 The hard-label baseline alone, three ways, at the plain loop's recipe (one-cycle to lr 0.05, SGD momentum 0.9,
 batch 100, {_bisect_epochs()} epochs, last epoch kept, one thread), seeds 0-2 (`python benchmarks/baseline_bisect.py`):
