@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from paper_experiments import OUT  # noqa: E402
 from recipe_report import recipe_section  # noqa: E402
 from scale_report import scale_section  # noqa: E402
-from seeded_report import headline_seeds_text, headline_share, temperature_grid  # noqa: E402
+from seeded_report import headline_seeds_text, headline_share, save_plot, temperature_grid  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "benchmarks" / "results"
@@ -161,12 +161,7 @@ def plot_curves(r: dict, path: Path) -> Path:
         ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker=".", label=label)
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="MNIST: test accuracy per epoch")
     ax.set_ylim(97.5, 99.5)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_plot(fig, ax, path)
 
 
 def ensemble_teacher() -> tuple[str, float]:
