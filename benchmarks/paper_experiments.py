@@ -85,7 +85,7 @@ def main() -> None:
     for seed in args.seeds:
         for name, config, overrides in experiments():
             key = record_name(name, seed)
-            if args.only and not any(name.startswith(prefix) for prefix in args.only):
+            if args.only and not any(name == p or name.startswith(p + "_") for p in args.only):
                 continue
             if (OUT / f"{key}.json").is_file() and not args.force:
                 print(f"[{key}] recorded already; --force reruns it", flush=True)
