@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from paper_experiments import OUT, STUDENT_WIDTHS, TEMPERATURES, record_name  # noqa: E402
 
-SEEDS = (0, 1, 2)
+SEEDS = range(10)  # any seed recorded; the issue asks for at least 0-2
 
 
 def seeded(name: str) -> list[dict]:
