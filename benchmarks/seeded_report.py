@@ -32,6 +32,11 @@ def mean_std(values: list[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def num(x: float) -> str:
+    """A count as an integer, a mean of counts to one decimal."""
+    return f"{x:g}" if float(x).is_integer() else f"{x:.1f}"
+
+
 def gap_share(teacher: float, baseline: float, distilled: float) -> float:
     """(baseline - distilled) / (baseline - teacher): the share of the teacher-vs-baseline gap recovered."""
     return (baseline - distilled) / (baseline - teacher) if baseline != teacher else float("nan")
@@ -107,7 +112,7 @@ def temperature_grid() -> tuple[str, float]:
     plot = _plot_grid(cells, baselines, len(chosen))
     best = {w: min((statistics.mean(cells[(w, t)]), t) for t in TEMPERATURES if cells[(w, t)])
             for w in STUDENT_WIDTHS if any(cells[(w, t)] for t in TEMPERATURES)}
-    best_text = "; ".join(f"2x{w}: best T = {t:g} ({e:g} errors)" for w, (e, t) in best.items())
+    best_text = "; ".join(f"2x{w}: best T = {t:g} ({num(e)} errors)" for w, (e, t) in best.items())
     sample = next(r for r in records if r.get("seed", 0) == chosen[0])
     wall = sum(r["wall_seconds"] for r in records if r.get("seed", 0) in chosen)
     unit = f"mean ± std of seeds {', '.join(map(str, chosen))}" if len(chosen) > 1 else f"seed {chosen[0]}"
@@ -171,6 +176,7 @@ def _verdict(cells: dict, baselines: dict) -> str:
              f"largest {max(spreads):.1f}), so smaller differences are within noise." if spreads else
              "Single runs with one seed: differences of about ten errors are within noise.")
     return (f"The 2x{small_w} student does best at T = {best_small:g} and worst at T = {worst_small:g} "
-            f"({small[worst_small]:g} errors against {statistics.mean(baselines[small_w]):g} on hard labels alone): "
-            f"{reading}. The 2x{large_w} student's errors at T >= 8 lie within {max(high) - min(high):g} of each "
+            f"({num(small[worst_small])} errors against {num(statistics.mean(baselines[small_w]))} on hard labels "
+            "alone): "
+            f"{reading}. The 2x{large_w} student's errors at T >= 8 lie within {num(max(high) - min(high))} of each "
             f"other. {noise}\n")
