@@ -10,11 +10,14 @@ from torch import nn
 
 from ensemble.calibration import mean_kl, reliability_bins, top1_agreement
 from ensemble.checkpoint import state_fingerprint, tensor_fingerprint
-from ensemble.config import api_arguments, fingerprint
-from ensemble.data import Split, check_split, materialize
+from ensemble.config import fingerprint
+from ensemble.data import Split
 from ensemble.errors import DataError
 from ensemble.cluster import connect_ray
-from ensemble.fit import FitOptions, api_tracking
+from ensemble.estimator import Estimator, output_width
+from ensemble.fit import api_tracking
+from ensemble.quality import check as check_quality
+from ensemble.inputs import as_inputs
 from ensemble.scores import Evaluation, Score
 from ensemble.streaming import as_input, in_order
 from ensemble.teacher import TeacherOutputs, as_teacher, outputs_in_batches
@@ -23,6 +26,7 @@ from specialists.dustbin import find_head
 
 from .cache import write_targets, write_targets_on_ray
 from .config import StudentConfig
+from .export import publish_api_student
 from .formats import export_model
 from .method import METHODS, MethodContext, build_method
 from .objective import DistillationObjective
@@ -52,7 +56,7 @@ ALIASES = {"fraction": "transfer.fraction", "omit_classes": "transfer.omit_class
            "only_classes": "transfer.only_classes"}
 
 
-class Distiller:
+class Distiller(Estimator):
     """Distil ``teacher`` (anything with the :class:`ensemble.teacher.Teacher` protocol, such as an
     :class:`Ensemble` or a :class:`SpecialistEnsemble`, or any ``nn.Module``) into a student.
 
@@ -62,7 +66,10 @@ class Distiller:
 
     >>> d = Distiller(ens, student_factory, {"temperature": 20, "alpha": 0.9}).fit(train, val, test)
     >>> d.evaluate(test); d.export("student.pt2")
+    >>> d.predict_proba(x, temperature=1); d.predict(x)  # the student's softmax(z / T) and its argmax
     """
+
+    fitted_attribute = "student_"
 
     def __init__(self, teacher, student_factory: Callable[[], nn.Module], config: StudentConfig | dict | None = None,
                  *, seed: int = 0, use_cache: bool | None = None, **kwargs):
@@ -70,7 +77,8 @@ class Distiller:
         requires them (none is an error); False always runs the teacher. Keywords that are not fields of the section
         are :class:`ensemble.fit.FitOptions` (output_dir, num_cpus, tracking_uri, experiment, ...)."""
         aliases = {**ALIASES, **{name: f"method_options.{name}" for name in METHODS}}
-        self.config, options = api_arguments(StudentConfig, config, kwargs, aliases, "Distiller")
+        self.config, self.options = self._arguments(StudentConfig, config, kwargs, aliases,
+                                                    {"output_dir": "runs/student"})
         cfg = self.config
         self.method = build_method(cfg.method, cfg.method_options.get(cfg.method))
         self.teacher = as_teacher(teacher)
@@ -79,9 +87,6 @@ class Distiller:
         self.student_factory = student_factory
         self.train_config = cfg.train
         self.seed, self.use_cache = seed, use_cache
-        self.options = FitOptions(**{"output_dir": "runs/student", "num_cpus": cfg.resources.num_cpus,
-                                     "num_gpus": cfg.resources.num_gpus,
-                                     "workers_per_model": cfg.resources.workers_per_model, **options})
         self.results_: list[TrainResult] = []
         self.run_ids_: dict[str, str] = {}
         self.bias_shift_ = 0.0
@@ -101,9 +106,9 @@ class Distiller:
         online = self.teacher.online()
         return TeacherOutputs.cat([outputs_in_batches(online, split.x, self.config.temperature) for split in splits])
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def teacher_logits(self, x) -> torch.Tensor:
         """The teacher's log-probabilities at T = 1 (its predictions) for any inputs."""
-        return outputs_in_batches(self.teacher.online(), x, 1.0).logits
+        return outputs_in_batches(self.teacher.online(), as_inputs(x, "x", self.input_shape_), 1.0).logits
 
     def _objective(self, splits: dict[str, Split]) -> DistillationObjective:
         cfg, name = self.config, self.teacher.teacher_name()
@@ -147,12 +152,10 @@ class Distiller:
     # --- training ---
 
     def fit(self, transfer, val, test=None) -> "Distiller":
-        splits = {"train": materialize(transfer, "transfer"), "val": materialize(val, "val")}
-        if test is not None:
-            splits["test"] = materialize(test, "test")
-        num_classes = int(self.teacher_logits(splits["val"].x[:2]).shape[1])
-        for name, split in splits.items():
-            check_split(split, num_classes, name)
+        """Splits as for ``Ensemble.fit``: ``(x, y)`` pairs of arrays or tensors, Splits or map-style datasets."""
+        splits = self._fit_splits(transfer, val, test, "transfer")
+        num_classes = output_width(self.teacher_logits, splits["val"], "teacher", "val")
+        self._check_labels(splits, num_classes, "transfer")
         cfg = self.config
         rule = {**cfg.transfer.model_dump(), "seed": self.seed}
         self.transfer_indices_ = transfer_indices(splits["train"].y, **rule)
@@ -176,9 +179,12 @@ class Distiller:
         self.student_ = fitted.models[0]
         self.baseline_ = fitted.models[1] if cfg.baseline else None
         self.num_classes_ = num_classes
-        self.input_shape_ = tuple(splits["train"].x.shape[1:])
         self.val_labels_ = splits["val"].y
         self._shift_left_out_classes()
+        # Warns of a model at chance, or of a student far below its baseline, on the classes the transfer set kept.
+        self.quality_ = check_quality(self.results_, splits, num_classes, left_out=self.left_out_,
+                                      students={"student": "student_baseline"})
+        self.mlflow_model_ = publish_api_student(self, options, splits["val"])  # as the CLI logs it
         return self
 
     def _shift_left_out_classes(self) -> None:
@@ -195,11 +201,18 @@ class Distiller:
         with torch.no_grad():
             head.bias[self.left_out_] += self.bias_shift_
 
-    # --- evaluation and export ---
+    # --- inference, evaluation and export ---
+
+    @torch.no_grad()
+    def predict_proba(self, x, temperature: float = 1.0) -> torch.Tensor:
+        """The student's (with any bias shift) ``softmax(z / T)`` for each row of ``x``, an array or tensor shaped
+        like the training inputs; ``predict(x)`` is its argmax."""
+        x = self._inputs(x)  # first: it says when there is no student yet
+        return torch.softmax(predict_logits(self.student_, x) / temperature, dim=1)
 
     def evaluate(self, test) -> Evaluation:
         """Scores of the student (and before any bias shift), the baseline and the teacher on ``test``."""
-        split = materialize(test, "test")
+        split = self._test_split(test)
         student_logits = predict_logits(self.student_, split.x)
         teacher_log_probs = self.teacher_logits(split.x)
         log_probs = {"student": torch.log_softmax(student_logits.float(), dim=1), "teacher": teacher_log_probs}
@@ -221,6 +234,6 @@ class Distiller:
     def export(self, path: str | Path, example: torch.Tensor | None = None, fmt: str | None = None) -> Path:
         """The student (with any bias shift) as the file ``path`` names by its suffix (``.pt2``, ``.onnx``, ``.pt``)
         or as ``fmt``, checked to reproduce its outputs within 1e-4 (:mod:`distill.formats`)."""
-        if example is None:
-            example = torch.zeros(2, *self.input_shape_)
+        self._check_fitted()
+        example = torch.zeros(2, *self.input_shape_) if example is None else as_input(self._inputs(example, "example"))
         return export_model(self.student_, example, path, fmt)

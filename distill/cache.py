@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
 
+from ensemble.errors import DistillError
+from ensemble.records import has_fields, read_json, report_damaged, write_json, writing
 from ensemble.teacher import TeacherOutputs
 
 from .topk import TopK, top_k
@@ -31,9 +33,9 @@ TAIL = ("rest_samples", "rest_entropy")
 class ShardedTargets:
     """``targets[rows]`` -> :class:`TeacherOutputs` for those sample ids (dense, or with ``top`` set)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, meta: dict | None = None):
         self.folder = Path(folder)
-        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.meta = meta if meta is not None else json.loads((self.folder / "meta.json").read_text())
         self._shards: list[dict[str, np.ndarray]] | None = None
 
     def __getstate__(self):  # an actor reopens the maps itself; only the folder travels
@@ -83,13 +85,64 @@ class ShardedTargets:
         return TeacherOutputs(arrays["probs"].float(), arrays["logits"].float())
 
 
+META_FIELDS = {"rows": int, "rows_per_shard": int, "shards": int, "top_k": (int, type(None))}
+REBUILD = "the teacher's targets are computed again"
+
+
+def reuse_targets(folder: str | Path) -> ShardedTargets | None:
+    """The complete cache in ``folder``, or ``None``: missing, or damaged (an unreadable ``meta.json``, a shard
+    missing or truncated), in which case it is reported, removed and so rebuilt by the caller."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    meta = read_json(folder / "meta.json", REBUILD, valid=lambda v: has_fields(v, **META_FIELDS))
+    if meta is None:  # a damaged meta.json is reported by read_json itself
+        if not (folder / "meta.json").exists():
+            report_damaged(folder, "its meta.json is missing", REBUILD)
+    else:
+        targets = ShardedTargets(folder, meta)
+        damage = _shard_damage(targets)
+        if damage is None:
+            return targets
+        report_damaged(folder, damage, REBUILD)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def _shard_damage(targets: ShardedTargets) -> str | None:
+    """What is wrong with the shards ``meta.json`` lists (each opened as a map: nothing is read), or ``None``."""
+    meta, per = targets.meta, targets.meta["rows_per_shard"]
+    if per <= 0 or meta["shards"] != -(-meta["rows"] // per):
+        return f"meta.json lists {meta['shards']} shards of {per} rows for {meta['rows']} rows"
+    for shard in range(meta["shards"]):
+        for name in targets.names:
+            path = targets.folder / f"{shard:05d}_{name}.npy"
+            try:
+                length = len(np.load(path, mmap_mode="r", allow_pickle=False))
+            except (OSError, ValueError, EOFError) as err:
+                return f"{path.name}: {err}"
+            if length != min(per, meta["rows"] - shard * per):
+                return f"{path.name} holds {length} rows"
+    return None
+
+
 def write_targets(folder: str | Path, batches: Iterable[TeacherOutputs], rows: int, top: int | None = None,
                   rows_per_shard: int = 65536, rest_samples: int = 0) -> ShardedTargets:
     """Write the teacher's targets for ``rows`` examples, batch by batch, as shards; returns the reader."""
     folder = Path(folder)
-    if (folder / "meta.json").is_file():
-        return ShardedTargets(folder)
+    existing = reuse_targets(folder)
+    if existing is not None:
+        return existing
     partial = _partial_folder(folder)
+    try:
+        return _write_shards(partial, folder, batches, rows, top, rows_per_shard, rest_samples)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a full disk, say: leave no half cache taking its space
+        raise
+
+
+def _write_shards(partial: Path, folder: Path, batches: Iterable[TeacherOutputs], rows: int, top: int | None,
+                  rows_per_shard: int, rest_samples: int) -> ShardedTargets:
     buffers: dict[str, list[np.ndarray]] = {}
     written, shard = 0, 0
     for batch in batches:
@@ -110,13 +163,14 @@ def write_targets(folder: str | Path, batches: Iterable[TeacherOutputs], rows: i
 def _partial_folder(folder: Path) -> Path:
     partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    with writing(partial):
+        partial.mkdir(parents=True)
     return partial
 
 
 def _complete(partial: Path, folder: Path, meta: dict) -> ShardedTargets:
     """Write ``meta.json`` last, then rename the folder into place: readers see a whole cache or none."""
-    (partial / "meta.json").write_text(json.dumps(meta))
+    write_json(partial / "meta.json", meta)
     try:
         partial.rename(folder)
     except OSError:  # another process finished the same cache first: theirs is identical
@@ -139,7 +193,7 @@ def _arrays(batch: TeacherOutputs, top: int | None, rest_samples: int = 0, first
 def _flush(folder: Path, buffers: dict[str, list[np.ndarray]], shard: int, rows_per_shard: int) -> int:
     for name, arrays in buffers.items():
         joined = np.concatenate([a for a in arrays if len(a)]) if arrays else np.empty(0)
-        np.save(folder / f"{shard:05d}_{name}.npy", joined[:rows_per_shard])
+        _save(folder / f"{shard:05d}_{name}.npy", joined[:rows_per_shard])
         buffers[name] = [joined[rows_per_shard:]]
     return shard + 1
 
@@ -157,15 +211,20 @@ def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature:
     from ensemble.data import to_numpy
 
     folder = Path(folder)
-    if (folder / "meta.json").is_file():
-        return ShardedTargets(folder)
+    existing = reuse_targets(folder)
+    if existing is not None:
+        return existing
     partial = _partial_folder(folder)
     total = sum(len(s) for s in splits)
     teacher_ref, data_ref = ray.put(teacher), ray.put([to_numpy(s) for s in splits])
     task = _shard_task.options(num_cpus=num_cpus)
-    ray.get([task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature, top,
-                         rest_samples, str(partial), shard)
-             for shard, start in enumerate(range(0, total, rows_per_shard))])
+    try:
+        _get(ray, [task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature, top,
+                               rest_samples, str(partial), shard)
+                   for shard, start in enumerate(range(0, total, rows_per_shard))])
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return _complete(partial, folder, {"rows": total, "rows_per_shard": rows_per_shard,
                                        "shards": -(-total // rows_per_shard), "top_k": top,
                                        "rest_samples": rest_samples})
@@ -188,7 +247,22 @@ def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, t
                 row += len(inputs)
         offset += len(split)
     for name in parts[0]:
-        np.save(Path(folder) / f"{shard:05d}_{name}.npy", np.concatenate([p[name] for p in parts]))
+        _save(Path(folder) / f"{shard:05d}_{name}.npy", np.concatenate([p[name] for p in parts]))
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with writing(path):
+        np.save(path, array)
+
+
+def _get(ray, refs: list):
+    """``ray.get``, with a task's own one-line error (a full disk, say) raised as itself, not as a remote traceback."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(getattr(err, "cause", None), DistillError):
+            raise err.cause from None
+        raise
 
 
 def _remote(fn):

@@ -51,13 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args):
+    from ensemble.config import Flag
+
     from .config import load_config
 
     overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    if args.tracking_uri:
-        overrides.append(f"tracking.uri={args.tracking_uri}")
+    # ``is not None``: an empty flag is the user's value (refused by the schema), not a missing one.
+    if args.output_dir is not None:
+        overrides.append(Flag("--output-dir", "output_dir", args.output_dir))
+    if args.tracking_uri is not None:
+        overrides.append(Flag("--tracking-uri", "tracking.uri", args.tracking_uri))
     return load_config(args.config, overrides)
 
 
@@ -66,34 +69,57 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-# MLflow announces every schema creation and migration of a new SQLite store at INFO; on the command line that
-# buries the one line that matters (a result or an error). Quieted here, for the command only: the library
+# MLflow announces every schema creation and migration of a new SQLite store at INFO, and logs each database error
+# (a damaged store) at ERROR with its SQL before raising it; on the command line that buries the one line that
+# matters (a result, or the error as ensemble.store_errors words it). Quieted here, for the command only: the library
 # leaves logger levels to its caller.
-CHATTY_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
+CHATTY_LOGGERS = {"mlflow.store.db.utils": logging.CRITICAL, "alembic.runtime.migration": logging.WARNING}
 
 
 @contextmanager
-def _quiet(names: tuple[str, ...]) -> Iterator[None]:
-    """Raise ``names`` to WARNING for the block, then give them back their own levels."""
-    loggers = [logging.getLogger(name) for name in names]
-    saved = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
+def _quiet(levels: dict[str, int]) -> Iterator[None]:
+    """Raise each named logger to its level for the block, then give them back their own levels."""
+    loggers = {logging.getLogger(name): level for name, level in levels.items()}
+    saved = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, saved):
+        for logger, level in saved.items():
             logger.setLevel(level)
+
+
+@contextmanager
+def _quality_lines() -> Iterator[None]:
+    """A :class:`ensemble.quality.QualityWarning` is news about the run, not about the code: one line on stderr,
+    ``warning: ...``, instead of Python's file, line and source. Other warnings show as Python shows them."""
+    import warnings
+
+    from ensemble.quality import QualityWarning
+
+    with warnings.catch_warnings():
+        python_show = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, QualityWarning):
+                print("warning: " + " ".join(str(message).split()), file=sys.stderr)
+            else:
+                python_show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    with _quiet(CHATTY_LOGGERS):
+    with _quiet(CHATTY_LOGGERS), _quality_lines():
         return _main(args)
 
 
 def _main(args: argparse.Namespace) -> int:
+    config = None
     try:
         config = _resolve(args)
         if args.command == "sweep":
@@ -120,13 +146,29 @@ def _main(args: argparse.Namespace) -> int:
         # The file system said no (a full disk, a read-only folder): the user's environment, not a bug.
         if args.debug:
             traceback.print_exc()
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        print("error: " + _os_error_line(err, config), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _os_error_line(err: OSError, config) -> str:
+    from pathlib import Path
+
+    from ensemble.records import FULL_DISK, storage_error
+    from ensemble.tracking import redact
+
+    if err.errno in FULL_DISK and err.filename:
+        return str(storage_error(Path(err.filename), err))
+    if err.errno in FULL_DISK and config is not None:
+        # A write that did not say which file (a failed flush): name where this run writes.
+        return (f"the disk is full ({err.strerror}) while writing this run's files (output_dir {config.output_dir}, "
+                f"MLflow store {redact(config.tracking.uri)}); free space there or choose another --output-dir, "
+                "then rerun: finished models are kept")
+    where = f"{err.filename}: " if err.filename else ""
+    return " ".join(f"{where}{err.strerror or err}".split())
 
 
 if __name__ == "__main__":

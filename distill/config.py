@@ -12,6 +12,7 @@ from ensemble.config import (
     ModelConfig, ResourcesConfig, Section, StageConfig, TrainConfig, dump_config, fingerprint, load_config as _load,
 )
 from ensemble.errors import ConfigError
+from ensemble.fields import NonEmpty, Plugin, plugin
 from specialists.config import SpecialistsConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
@@ -39,6 +40,27 @@ class CacheConfig(Section):
         return self
 
 
+STUDENT_GRAD_CLIP_NORM = 5.0
+
+
+class StudentTrainConfig(TrainConfig):
+    """``student.train``: the shared training settings, with gradient clipping on unless set to null. The T²-scaled
+    soft term's gradient on the logits is ``α·T·(q_T − p_T)``, up to about T times the hard-label one, so at the
+    shared lr 0.05 a wide CNN head's first steps can blow up and kill every ReLU behind a BatchNorm (the student
+    then sits at chance for good; benchmarks/cnn_student.py)."""
+
+    grad_clip_norm: float | None = Field(STUDENT_GRAD_CLIP_NORM, gt=0, description="scale each step's gradient "
+                                         "down to this L2 norm when larger; null: no clipping (the paper's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_train_config(cls, value):
+        """A plain :class:`TrainConfig` keeps the fields it sets; the others take the student's defaults."""
+        if isinstance(value, TrainConfig) and not isinstance(value, cls):
+            return value.model_dump(exclude_unset=True)
+        return value
+
+
 class StudentConfig(Section):
     enabled: bool = True
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", params={"hidden": [32]}))
@@ -54,11 +76,11 @@ class StudentConfig(Section):
     baseline: bool = Field(True, description="also train the same student on hard labels alone")
     jitter: int = Field(0, ge=0, description="augment the student's inputs; the teacher then runs online")
     cache: CacheConfig = Field(default_factory=CacheConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: StudentTrainConfig = Field(default_factory=StudentTrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
-    registered_model: str | None = Field("distilled-student", description="MLflow model registry name")
-    registered_alias: str | None = Field("champion", description="alias moved to each new version, so "
+    registered_model: NonEmpty | None = Field("distilled-student", description="MLflow model registry name")
+    registered_alias: NonEmpty | None = Field("champion", description="alias moved to each new version, so "
                                          "models:/NAME@ALIAS resolves to it (MLflow reserves 'latest' and 'vN')")
     export: list[str] = Field(["pt2", "onnx"], min_length=1, description="files the student ships as, the first "
                               "being the main one: pt2 (torch.export), onnx (run by onnxruntime), torchscript")
@@ -69,7 +91,8 @@ class StudentConfig(Section):
         """``student.<method name>: {...}`` in YAML (or ``--set``) holds that method's settings."""
         from .method import METHODS
 
-        if isinstance(tree, dict):
+        # Anything but a mapping is left to the field's own validation, which names student.method_options.
+        if isinstance(tree, dict) and isinstance(tree.get("method_options") or {}, dict):
             tree = dict(tree)
             options = dict(tree.get("method_options") or {})
             for name in [key for key in tree if key in METHODS and key not in cls.model_fields]:
@@ -133,9 +156,9 @@ class SweepConfig(Section):
 class Config(StageConfig):
     """Root of the config: the ensemble stage's sections plus ``specialists``, ``student`` and ``sweep``."""
 
-    name: str | None = Field(None, description="names the MLflow parent runs ('NAME: run'); by default the config "
+    name: NonEmpty | None = Field(None, description="names the MLflow parent runs ('NAME: run'); by default the config "
                              "file's name")
-    imports: list[str] = Field(default_factory=list, description="modules or .py files imported before the config "
+    imports: list[Plugin] = Field(default_factory=list, description="modules or .py files imported before the config "
                                "is checked: they register models, losses, methods, teachers, datasets")
 
     specialists: SpecialistsConfig = Field(default_factory=SpecialistsConfig)
@@ -155,43 +178,54 @@ def _prepare(tree: dict, path: Path | None) -> None:
     if path is not None and tree.get("name") is None:
         tree["name"] = Path(path).stem
     imports = tree.get("imports") or []
-    if not isinstance(imports, list):
+    if not isinstance(imports, list) or not all(isinstance(name, str) for name in imports):
         raise ConfigError(f"imports: expected a list of modules or .py files, got {imports!r}")
-    for name in imports:
-        import_plugin(str(name), path.parent if path is not None else None)
+    for i, name in enumerate(imports):
+        try:
+            imports[i] = plugin(name)  # the schema's own rule, applied before the import it guards
+        except ValueError as err:
+            raise ConfigError(f"imports: {err} (got {name!r})") from None
+        import_plugin(imports[i], path.parent if path is not None else None)
 
 
 def import_plugin(name: str, config_dir: Path | None = None):
     """Import a module by dotted name, or a ``.py`` file (relative to the config's folder, else the working
-    folder). Its classes are pickled by value, so Ray actors on any node get them without installing the file."""
-    import importlib
-    import importlib.util
-    import sys
-
+    folder). Its classes are pickled by value, so Ray actors on any node get them without installing the file;
+    what it registers is recorded for workers that look names up themselves (:mod:`distill.plugins`)."""
     import cloudpickle
+    from ray import cloudpickle as ray_cloudpickle
+
+    from .plugins import recording
 
     try:
-        if name.endswith(".py"):
-            candidates = [Path(config_dir) / name] if config_dir is not None else []
-            file = next((c for c in [*candidates, Path(name)] if c.is_file()), None)
-            if file is None:
-                raise ConfigError(f"imports: file not found: {name}")
-            module_name = f"distill_plugin_{file.stem}"
-            spec = importlib.util.spec_from_file_location(module_name, file)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(name)
+        with recording():
+            module = _import(name, config_dir)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever the plugin raises, the user gets one line naming it
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"imports: {name}: {type(err).__name__}: {first}") from None
-    from ray import cloudpickle as ray_cloudpickle
-
     for pickler in (cloudpickle, ray_cloudpickle):  # Ray ships its own copy of cloudpickle
         pickler.register_pickle_by_value(module)
+    return module
+
+
+def _import(name: str, config_dir: Path | None):
+    import importlib
+    import importlib.util
+    import sys
+
+    if not name.endswith(".py"):
+        return importlib.import_module(name)
+    candidates = [Path(config_dir) / name] if config_dir is not None else []
+    file = next((c for c in [*candidates, Path(name)] if c.is_file()), None)
+    if file is None:
+        raise ConfigError(f"imports: file not found: {name}")
+    module_name = f"distill_plugin_{file.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
     return module
 
 

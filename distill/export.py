@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ensemble.errors import DistillError
-from ensemble.tracking import Tracker
+from ensemble.store_errors import store_errors
+from ensemble.tracking import Tracker, redact
 
 _URI_LOCK = threading.RLock()  # the URIs are process-wide: two threads must not swap them under each other
 
@@ -122,7 +123,53 @@ def log_model(tracker: Tracker, run_id: str, model: nn.Module, example: torch.Te
         with suppress(Exception):  # do not leave it PENDING forever, and keep the original error
             client.finalize_logged_model(logged.model_id, "FAILED")
         raise
-    version = None if registered_name is None else _register(client, registered_name, logged, run_id, tracker.uri)
+    return _publish(client, logged, run_id, tracker.uri, registered_name, alias, version_tags)
+
+
+def publish_student(tracker: Tracker, run_id: str, model: nn.Module, example: torch.Tensor, reused: bool,
+                    registered_name: str | None = None, alias: str | None = None,
+                    version_tags: dict | None = None) -> dict:
+    """:func:`log_model`, except for a student reused from disk: its run (the one that trained it) holds its
+    LoggedModel already, which is registered again when asked instead of a copy being logged on every rerun."""
+    import mlflow
+
+    with store_errors(redact(tracker.uri)):
+        client = mlflow.MlflowClient(tracking_uri=tracker.uri, registry_uri=tracker.uri)
+        logged = _logged_model_of(client, run_id) if reused else None
+        if logged is None:
+            return log_model(tracker, run_id, model, example, registered_name, alias, version_tags)
+        return _publish(client, logged, run_id, tracker.uri, registered_name, alias, version_tags)
+
+
+def publish_api_student(distiller, options, val) -> dict | None:
+    """The Python API's student as an MLflow model in its run, as the CLI logs it, registered only when the
+    ``registered_model`` setting was given. None when nothing is tracked, or when the caller passed its own tracker
+    (the CLI and sweeps, which publish their students themselves)."""
+    from ensemble.streaming import as_input
+
+    run_id = distiller.run_ids_.get("student")
+    if distiller.options.tracker is not None or options.tracker is None or not run_id:
+        return None
+    cfg = distiller.config
+    asked = "registered_model" in cfg.model_fields_set and cfg.registered_model is not None
+    return publish_student(options.tracker, run_id, distiller.student_, as_input(val.x[:2]),
+                           distiller.results_[0].reused, cfg.registered_model if asked else None,
+                           cfg.registered_alias if asked else None)
+
+
+def _logged_model_of(client, run_id: str):
+    """The newest READY LoggedModel that ``run_id`` output, or None."""
+    outputs = client.get_run(run_id).outputs
+    for output in reversed(outputs.model_outputs if outputs else []):
+        logged = client.get_logged_model(output.model_id)
+        if str(logged.status).endswith("READY"):
+            return logged
+    return None
+
+
+def _publish(client, logged, run_id: str, uri: str, registered_name: str | None, alias: str | None,
+             version_tags: dict | None) -> dict:
+    version = None if registered_name is None else _register(client, registered_name, logged, run_id, uri)
     if version is not None:
         for key, value in (version_tags or {}).items():
             client.set_model_version_tag(registered_name, version, key, str(value))

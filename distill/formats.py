@@ -9,6 +9,7 @@ would load it, and run on two batch sizes: a file whose outputs differ from the 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ensemble.errors import ConfigError, ModelError
+from ensemble.errors import ConfigError, ModelError, StorageError
+from ensemble.records import writing
 
 from .export import _first_line, _frozen_cpu_copy
 
@@ -56,7 +58,9 @@ class Pt2(ExportFormat):
     name, suffix = "pt2", ".pt2"
 
     def save(self, model, example, path):
-        torch.export.save(torch.export.export(model, (example,), dynamic_shapes=_batch_dynamic()), str(path))
+        program = torch.export.export(model, (example,), dynamic_shapes=_batch_dynamic())
+        with open(path, "wb") as fh:  # a Python file: a failed write is an OSError with its errno, not a C++ line
+            torch.export.save(program, fh)
 
     def load(self, path):
         return torch.export.load(str(path)).module()
@@ -97,7 +101,8 @@ class TorchScript(ExportFormat):
                 except Exception as script_err:  # noqa: BLE001
                     raise ModelError(f"export: cannot trace ({_first_line(trace_err)}) or script "
                                      f"({_first_line(script_err)}) the model") from None
-            torch.jit.save(compiled, str(path))
+            with open(path, "wb") as fh:
+                torch.jit.save(compiled, fh)
 
     def load(self, path):
         with warnings.catch_warnings():
@@ -130,13 +135,17 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | Path, fmt:
     if example.shape[0] == 1:
         example = torch.cat([example, example])  # a batch of one would be specialised to size 1
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".partial-{path.name}")  # renamed once whole: a full disk leaves no half file
     try:
-        with torch.no_grad():
-            chosen.save(frozen, example, path)
-    except ModelError:
+        with torch.no_grad(), writing(path):
+            chosen.save(frozen, example, partial)
+        os.replace(partial, path)
+    except (ModelError, StorageError):
         raise
     except Exception as err:  # noqa: BLE001 - exporters fail in many ways; one line names the format
         raise ModelError(f"export: cannot write the model as {chosen.name} ({_first_line(err)})") from None
+    finally:
+        partial.unlink(missing_ok=True)
     check_reproduces(frozen, chosen, path, [example, torch.cat([example, example[:1].flip(-1)])])
     return path
 

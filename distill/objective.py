@@ -23,7 +23,9 @@ class DistillationObjective(Objective):
 
     def __init__(self, loss: str = "kd", temperature: float = 4.0, alpha: float = 0.9,
                  cache: TeacherOutputs | None = None, teacher: nn.Module | None = None, teacher_id: str = ""):
-        get_loss(loss)  # unknown names fail here, on the driver
+        # Resolved here, on the driver: an unknown name fails now, and a loss registered by a plugin that only the
+        # driver imported travels to the actor with the objective (by value).
+        self.loss_fn = get_loss(loss)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0 <= alpha <= 1:
@@ -43,7 +45,7 @@ class DistillationObjective(Objective):
         else:
             teacher = None
         smoothing = {"label_smoothing": self.label_smoothing} if self.label_smoothing else {}
-        return logits, get_loss(self.loss)(logits, y, teacher, self.temperature, self.alpha, **smoothing)
+        return logits, self.loss_fn(logits, y, teacher, self.temperature, self.alpha, **smoothing)
 
     def to(self, device):
         self.device = torch.device(device)
@@ -63,7 +65,7 @@ class DistillationObjective(Objective):
         """Smooths the loss's hard-label term; the loss must take ``label_smoothing`` (the built-in ones do)."""
         if not label_smoothing:
             return self
-        if "label_smoothing" not in inspect.signature(get_loss(self.loss)).parameters:
+        if "label_smoothing" not in inspect.signature(self.loss_fn).parameters:
             raise ConfigError(f"train.label_smoothing: student.loss {self.loss!r} takes no label_smoothing argument")
         smoothed = copy.copy(self)
         smoothed.label_smoothing = label_smoothing

@@ -6,13 +6,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ensemble.checkpoint import make_output_dir, write_json
+from ensemble.checkpoint import make_output_dir
 from ensemble.lock import FolderLock
+from ensemble.records import read_json, report_damaged, write_json, write_text
 from ensemble.stage import load_data, run_ensemble_stage
 from ensemble.tracking import Tracker, dataset_inputs, redact
 from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash, dump_config
+from .needs import check_needs
 from .results import MlflowSection, Results
 from .report import print_ensemble_summary, print_specialists_summary, print_summary, summary_rows, write_report
 
@@ -24,11 +26,13 @@ def update_results(path: Path, sections: dict, merge: bool = True) -> Results:
     """Write ``results.json`` from typed sections; ``merge`` keeps the sections other invocations wrote (a partial
     stage run), unless that file no longer reads as :class:`Results` (written by another version: dropped)."""
     old = {}
-    if merge and path.is_file():
+    afresh = "it is written afresh from this run's stages"
+    stored = read_json(path, afresh) if merge else None
+    if stored is not None:
         try:
-            old = Results.read(path).model_dump(exclude_none=True)
-        except (ValidationError, ValueError):
-            old = {}
+            old = Results.model_validate(stored).model_dump(exclude_none=True)
+        except ValidationError:
+            report_damaged(path, "not the fields this version writes", afresh)
     results = Results.model_validate({**old, **sections})
     write_json(path, results.to_json())
     return results
@@ -36,6 +40,7 @@ def update_results(path: Path, sections: dict, merge: bool = True) -> Results:
 
 def run(config: Config, until: str = "student", show_progress: bool = True) -> Results:
     """Run the stages up to ``until``; each reuses what earlier invocations finished on disk."""
+    check_needs(config, COMMANDS[until])  # a stage or teacher missing what it needs fails before anything exists
     output_dir = make_output_dir(Path(config.output_dir))
     # Taken before any MLflow run or file: a second invocation on this folder is refused and leaves no trace.
     with FolderLock(output_dir, f"distill {COMMANDS[until]}"):
@@ -44,17 +49,18 @@ def run(config: Config, until: str = "student", show_progress: bool = True) -> R
 
 def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> Results:
     stages = STAGES[: STAGES.index(until) + 1]
-    (output_dir / "config.yaml").write_text(dump_config(config))
+    write_text(output_dir / "config.yaml", dump_config(config))
+    # The data is read and checked before any MLflow work: a bad dataset leaves no run behind, like a bad config.
+    data = load_data(config)
+    if "specialists" in stages and config.specialists.enabled:
+        check_section(config.specialists, data)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tags = {"stage": until, "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}
     with tracker.run(parent_run_name(config, until), tags=tags) as parent_id, \
             tracker.system_metrics(parent_id, config.tracking.system_metrics):
         tracker.log_params(parent_id, config.model_dump(mode="json"))
         tracker.log_artifact(parent_id, output_dir / "config.yaml")
-        data = load_data(config)
         tracker.log_inputs(parent_id, dataset_inputs(config.data.name, config.data.root, data.splits()))
-        if "specialists" in stages and config.specialists.enabled:
-            check_section(config.specialists, data)
         ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
         _log_ensemble_metrics(tracker, parent_id, sections)
         trained = {"ensemble": ensemble}

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from ensemble.records import write_text
 from ensemble.scores import SCORE_KEYS
 
 from .results import Results, SummaryRow
@@ -34,6 +36,8 @@ def print_ensemble_summary(results: Results, console: Console | None = None) -> 
     for mean in ("arithmetic", "geometric"):
         table.add_row(f"ensemble ({mean} mean)", *_score_cells(**ens.score(mean)), "", "")
     console.print(table)
+    print_warnings([line for row in [*ens.members, *([results.generalist] if results.generalist else [])]
+                    for line in row.warnings], console)
     if results.mlflow:
         console.print(f"MLflow: {results.mlflow.tracking_uri}  parent run {results.mlflow.parent_run_id}")
 
@@ -48,6 +52,7 @@ def print_specialists_summary(results: Results, console: Console | None = None) 
         names = spec.group_names[spec.groups.index(row.group)]
         groups.add_row(row.name, ", ".join(names), f"{row.test_accuracy:.4f}", row.status)
     console.print(groups)
+    print_warnings([line for row in spec.members for line in row.warnings], console)
     table = Table(title="generalist vs generalist + specialists (Eq. 5), test set")
     for column in ("specialists covering the correct class", "examples", "generalist correct", "combined correct",
                    "change", "relative"):
@@ -95,9 +100,11 @@ def summary_rows(results: Results, trained: dict) -> list[SummaryRow]:
 
 
 def _row(model: str, section, prefix: str = "", **fields) -> SummaryRow:
-    """A summary row from ``section``'s ``<prefix>test_<score>`` fields (None where an older file lacks one)."""
+    """A summary row from ``section``'s ``<prefix>test_<score>`` fields and its quality verdict (None where an
+    older file lacks one)."""
     scores = {f"test_{key}": getattr(section, f"{prefix}test_{key}", None) for key in SCORE_KEYS}
-    return SummaryRow(model=model, **scores, **fields)
+    return SummaryRow(model=model, **scores, quality=getattr(section, f"{prefix}quality", None),
+                      warnings=getattr(section, f"{prefix}warnings", None) or [], **fields)
 
 
 def _score_cells(accuracy, errors, nll=None, ece=None, brier=None) -> list[str]:
@@ -110,7 +117,22 @@ def _cell(value, fmt: str) -> str:
 
 def _summary_cells(row: SummaryRow) -> list[str]:
     return [*_score_cells(row.test_accuracy, row.test_errors, row.test_nll, row.test_ece, row.test_brier),
-            _cell(row.agreement, "{:.4f}"), f"{row.params:,}", _cell(row.latency_ms, "{:.2f}")]
+            _cell(row.agreement, "{:.4f}"), f"{row.params:,}", _cell(row.latency_ms, "{:.2f}"), _quality_cell(row)]
+
+
+def _quality_cell(row: SummaryRow) -> str:
+    """"ok", "-" (not assessed: a combination, or an older file), or the flag in capitals, to stand out."""
+    return "-" if row.quality is None else row.quality if row.quality == "ok" else row.quality.upper()
+
+
+def quality_lines(results: Results) -> list[str]:
+    """Every quality warning of the summary's models (:mod:`ensemble.quality`), one line each, in its order."""
+    return list(dict.fromkeys(line for row in results.summary or [] for line in row.warnings))
+
+
+def print_warnings(lines: list[str], console: Console) -> None:
+    for line in lines:
+        console.print(Text.assemble(("warning: ", "bold red"), line))
 
 
 def print_summary(results: Results, console: Console | None = None) -> None:
@@ -119,11 +141,13 @@ def print_summary(results: Results, console: Console | None = None) -> None:
     batch = student.latency_batch_size if student else ""
     table = Table(title="pipeline summary: test set")
     for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "agrees", "params",
-                   f"CPU ms / batch of {batch}"):
-        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
+                   f"CPU ms / batch of {batch}", "quality"):
+        table.add_column(column, justify="left" if column in ("model", "quality") else "right",
+                         no_wrap=column == "model")
     for row in results.summary:
         table.add_row(row.model, *_summary_cells(row))
     console.print(table)
+    print_warnings(quality_lines(results), console)
     if student is not None and student.left_out_classes:
         console.print(f"left-out classes {student.left_out_classes}: bias shift {student.bias_shift:+.1f} (chosen on "
                       f"validation) -> test errors {student.test_errors_before_shift} -> {student.test_errors}, on "
@@ -153,14 +177,16 @@ def write_report(results: Results, trained: dict, data, output_dir) -> list:
     lines = [f"# Distillation report: {data.name}", "",
              f"MLflow parent run `{results.mlflow.parent_run_id}` at `{results.mlflow.tracking_uri}`.", "",
              "| model | test accuracy | test errors | NLL | ECE | Brier | agreement with teacher | parameters "
-             "| CPU ms / batch |", "|---|---|---|---|---|---|---|---|---|"]
+             "| CPU ms / batch | quality |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results.summary:
         lines.append(f"| {row.model} | {' | '.join(_summary_cells(row))} |")
+    for line in quality_lines(results):
+        lines += ["", f"**Warning:** {line}"]
     lines += _student_lines(results.student) + _specialist_lines(results.specialists, output_dir)
     lines += ["", "![training curves](report/training_curves.png)", "",
               "![accuracy per model](report/accuracy_per_model.png)", ""]
     report = output_dir / "report.md"
-    report.write_text("\n".join(lines))
+    write_text(report, "\n".join(lines))
     return [report, *files]
 
 

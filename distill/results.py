@@ -66,6 +66,11 @@ class StudentSection(Record):
     left_out_test_examples: int | None = None
     left_out_test_errors_before_shift: int | None = None
     left_out_test_errors: int | None = None
+    # the quality guard (ensemble.quality): "ok" or what is wrong, and the lines why; baseline_* for the baseline
+    quality: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    baseline_quality: str | None = None
+    baseline_warnings: list[str] = Field(default_factory=list)
 
 
 class SummaryRow(Record):
@@ -78,6 +83,8 @@ class SummaryRow(Record):
     agreement: float | None = None  # students: top-1 agreement with their teacher
     params: int
     latency_ms: float | None = None
+    quality: str | None = None  # "ok", "at chance", "far below baseline" (ensemble.quality); None: not assessed
+    warnings: list[str] = Field(default_factory=list)
 
 
 class MlflowSection(Record):

@@ -17,7 +17,7 @@ from specialists.api import SpecialistEnsemble
 from .api import Distiller
 from .teachers import TrainedStages, build_teacher
 from .config import Config
-from .export import log_model, measure_latency
+from .export import measure_latency, publish_student
 from .formats import FORMATS
 from .plots import plot_reliability
 from .results import StudentSection
@@ -63,8 +63,9 @@ def run_student_stage(
         cfg = config.student
         tags = {"teacher": cfg.teacher, "temperature": cfg.temperature, "alpha": cfg.alpha,
                 "test_accuracy": report["student"].accuracy}
-        registered = log_model(tracker, student_run, distiller.student_, batch[:2], cfg.registered_model,
-                               cfg.registered_alias, tags)
+        reused = distiller.results_[0].reused
+        registered = publish_student(tracker, student_run, distiller.student_, batch[:2], reused, cfg.registered_model,
+                                     cfg.registered_alias, tags)
     section = student_section(config, distiller, report, batch, files, registered)
     figure = output_dir / "student" / "reliability.png"
     plot_reliability(report.details["reliability"], "Reliability on the test set (15 bins)").savefig(figure, dpi=110)
@@ -108,9 +109,12 @@ def student_section(config: Config, distiller: Distiller, report, batch, files: 
         resumed_from_epoch=student.resumed_from_epoch, mlflow_run_id=distiller.run_ids_.get("student"),
         curves=learning_curves(student.history), **registered,
     )
+    fields.update(distiller.quality_.get("student", {}))
     if "baseline" in report:
+        baseline = distiller.quality_.get("student_baseline", {})
         fields.update(baseline_mlflow_run_id=distiller.run_ids_.get("student_baseline"),
-                      baseline_curves=learning_curves(distiller.results_[1].history))
+                      baseline_curves=learning_curves(distiller.results_[1].history),
+                      **{f"baseline_{key}": value for key, value in baseline.items()})
     if distiller.left_out_:
         before, details = report["student_before_shift"], report.details
         fields.update(left_out_classes=distiller.left_out_, bias_shift=distiller.bias_shift_,

@@ -21,10 +21,13 @@ from ensemble.cluster import connect_ray
 from ensemble.config import apply_overrides, validate_config
 from ensemble.errors import ConfigError, DistillError
 from ensemble.lock import FolderLock
+from ensemble.records import write_text
 from ensemble.stage import load_data, run_ensemble_stage
 from ensemble.tracking import Tracker, redact
 
 from .config import Config, config_hash
+from .needs import check_needs
+from .plugins import registered
 
 SELECTION_METRIC = "val_accuracy"  # trials are ranked on validation data; the test split is only reported
 
@@ -75,14 +78,16 @@ def check_grid(config: Config) -> list[dict]:
 
 
 def _trial(params: dict, *, base: dict, data, teacher, tracking: tuple, parent_id: str, output_dir: str,
-           threads: int) -> None:
+           threads: int, plugins: dict) -> None:
     """One Tune trial: the configured student stage with ``params`` applied, trained in this worker."""
     import torch
     from ray import tune
 
+    from .plugins import install
     from .stage import build_distiller
 
     torch.set_num_threads(threads)
+    install(plugins)  # this worker validates the trial's config and builds its student: the plugins' names too
     config = trial_config(base, params)
     tracker = Tracker(*tracking)
     distiller = build_distiller(config, data, teacher, Path(output_dir), tracker, parent_id, False,
@@ -153,6 +158,7 @@ def _silent_file_loggers() -> list:
 
 
 def run_sweep(config: Config, show_progress: bool = True) -> dict:
+    check_needs(config, "sweep")
     trials = check_grid(config)
     output_dir = make_output_dir(Path(config.output_dir))
     # Before any MLflow run or file, as in ``distill run``; the trials lock their own model folders inside it.
@@ -165,21 +171,24 @@ def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: 
 
     from .pipeline import update_results
     from .sweep_report import plot_sweep, print_sweep, sweep_rows
+    from .teachers import TEACHERS
 
+    needs_specialists = TEACHERS[config.student.teacher].needs_specialists
+    data = load_data(config)  # read and checked before any MLflow work, as in distill run
+    if needs_specialists:
+        from specialists.stage import check_section
+
+        check_section(config.specialists, data)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tags = {"stage": "sweep", "config_hash": config_hash(config), "output_dir": str(output_dir.resolve()),
             "trials": len(trials)}
     with tracker.run(f"{config.name or 'config'}: sweep", tags=tags) as parent_id:
         tracker.log_params(parent_id, config.model_dump(mode="json"))
-        data = load_data(config)
         ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
         specialists = None
-        from .teachers import TEACHERS
+        if needs_specialists:
+            from specialists.stage import run_specialist_stage
 
-        if TEACHERS[config.student.teacher].needs_specialists:
-            from specialists.stage import check_section, run_specialist_stage
-
-            check_section(config.specialists, data)
             specialists, more = run_specialist_stage(config, config.specialists, data, ensemble, output_dir,
                                                      tracker, parent_id, show_progress)
             sections.update(more)
@@ -191,7 +200,8 @@ def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: 
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base=config.model_dump(mode="json"), data=data, teacher=teacher,
                                  tracking=(tracker.uri, config.tracking.experiment), parent_id=parent_id,
-                                 output_dir=str(output_dir.resolve()), threads=max(1, int(cpus))),
+                                 output_dir=str(output_dir.resolve()), threads=max(1, int(cpus)),
+                                 plugins=registered()),
             {"cpu": cpus, "gpu": config.student.resources.num_gpus},
         )
         grid = _tuner(config, trainable, output_dir, show_progress).fit()
@@ -207,7 +217,7 @@ def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: 
                              "best": best, "plots": [str(p) for p in plots]}
         sections["mlflow"] = {"tracking_uri": redact(tracker.uri), "experiment_id": tracker.experiment_id,
                               "parent_run_id": parent_id}
-        (sweep_dir / "sweep.json").write_text(json.dumps(sections["sweep"], indent=1) + "\n")
+        write_text(sweep_dir / "sweep.json", json.dumps(sections["sweep"], indent=1) + "\n")
         tracker.log_metrics(parent_id, {f"best_{k}": v for k, v in best.items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
         for path in [*plots, sweep_dir / "sweep.json"]:

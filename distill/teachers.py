@@ -24,18 +24,24 @@ class TrainedStages:
 @dataclass
 class TeacherSource:
     build: Callable[[TrainedStages, object], Teacher]  # (stages, the whole Config) -> a Teacher
-    needs_specialists: bool = False
+    needs: tuple[str, ...] = ()  # config switches that must be true, checked before anything trains (distill.needs)
+
+    @property
+    def needs_specialists(self) -> bool:
+        return "specialists.enabled" in self.needs
 
 
 TEACHERS: dict[str, TeacherSource] = {}
 
 
-def register_teacher(name: str, needs_specialists: bool = False):
+def register_teacher(name: str, needs_specialists: bool = False, needs: tuple[str, ...] = ()):
     """Decorator: ``@register_teacher("mine") def mine(stages, config) -> Teacher`` makes ``student.teacher: mine``
-    work. ``needs_specialists`` asks the pipeline to train the specialist stage first."""
+    work. ``needs`` names the config switches the teacher needs true (``"generalist.enabled"``); the pipeline checks
+    them before anything trains. ``needs_specialists`` (``"specialists.enabled"``) also trains the specialist stage
+    first."""
 
     def decorator(build: Callable[[TrainedStages, object], Teacher]):
-        TEACHERS[name] = TeacherSource(build, needs_specialists)
+        TEACHERS[name] = TeacherSource(build, tuple(needs) + (("specialists.enabled",) if needs_specialists else ()))
         return build
 
     return decorator
@@ -52,7 +58,7 @@ def ensemble_teacher(stages: TrainedStages, config) -> Teacher:
     return stages.ensemble.with_mean(config.student.mean or config.ensemble.mean)
 
 
-@register_teacher("generalist")
+@register_teacher("generalist", needs=("generalist.enabled",))
 def generalist_teacher(stages: TrainedStages, config) -> Teacher:
     if stages.ensemble.generalist_ is None:
         raise ConfigError("student.teacher: 'generalist' needs generalist.enabled: true")

@@ -8,10 +8,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import EnsembleConfig, TrainConfig, api_arguments, fingerprint
-from .data import Split, check_split, materialize
+from .config import EnsembleConfig, TrainConfig, fingerprint
+from .data import Split
 from .errors import ConfigError
-from .fit import FitOptions, api_tracking, fit_specs
+from .estimator import Estimator
+from .fit import api_tracking, fit_specs
+from .quality import check as check_quality
 from .scores import Evaluation, Score
 from .soft_targets import Mean, ensemble_probs
 from .teacher import EnsembleOutputs, TeacherOutputs, members_outputs
@@ -30,7 +32,7 @@ def pack_of(i: int, members: int, pack: int, seed: int) -> dict:
     return {"pack": f"pack_{first // pack}", "identity": {"pack": {"size": size, "order_seed": seed + first}}}
 
 
-class Ensemble:
+class Ensemble(Estimator):
     """An ensemble of independently seeded members plus an optional generalist, each trained by a Ray actor.
 
     Takes the config's ``ensemble`` section whole (:class:`ensemble.config.EnsembleConfig`, a dict, or keywords that
@@ -40,6 +42,8 @@ class Ensemble:
     >>> ens.fit(train, val, test)
     >>> ens.predict_proba(x, temperature=20, mean="geometric")
     """
+
+    fitted_attribute = "members_"
 
     def __init__(
         self,
@@ -55,7 +59,7 @@ class Ensemble:
     ):
         """Keywords that are not fields of the section are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus,
         num_gpus, tracking_uri, experiment, ... (``num_cpus``/``num_gpus`` default to the section's resources)."""
-        self.config, options = api_arguments(EnsembleConfig, config, kwargs, {"n_members": "members"}, "Ensemble")
+        self.config, self.options = self._arguments(EnsembleConfig, config, kwargs, {"n_members": "members"})
         if isinstance(members, Sequence):
             self.config = self.config.model_copy(update={"members": len(members)})
         factories = list(members) if isinstance(members, Sequence) else [members] * self.config.members
@@ -68,9 +72,6 @@ class Ensemble:
         self.mean = self.config.mean
         self.seed = seed
         self.jitter, self.hflip = jitter, hflip
-        resources = self.config.resources
-        self.options = FitOptions(**{"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-                                     "workers_per_model": resources.workers_per_model, **options})
         self.members_: list[nn.Module] = []
         self.generalist_: nn.Module | None = None
         self.results_: list[TrainResult] = []
@@ -93,12 +94,11 @@ class Ensemble:
         return specs
 
     def fit(self, train, val, test=None, num_classes: int | None = None) -> "Ensemble":
-        splits = {"train": materialize(train, "train"), "val": materialize(val, "val")}
-        if test is not None:
-            splits["test"] = materialize(test, "test")
+        """Each split an ``(x, y)`` pair of arrays or tensors, a :class:`Split` or a map-style dataset
+        (:mod:`ensemble.inputs`); ``num_classes`` defaults to the largest training label + 1."""
+        splits = self._fit_splits(train, val, test)
         self.num_classes_ = num_classes or int(splits["train"].y.max()) + 1
-        for name, split in splits.items():
-            check_split(split, self.num_classes_, name)
+        self._check_labels(splits, self.num_classes_)
         self.split_fingerprints_ = {name: split.fingerprint() for name, split in splits.items()}
         self.data_fingerprint_ = fingerprint(self.split_fingerprints_)
         with api_tracking(self.options, "Ensemble", {"ensemble": self.config.model_dump(mode="json")}) as options:
@@ -106,27 +106,22 @@ class Ensemble:
         self.results_, self.run_ids_ = fitted.results, fitted.run_ids
         self.members_ = fitted.models[: len(self.member_factories)]
         self.generalist_ = fitted.models[-1] if self.generalist_factory is not None else None
+        self.quality_ = check_quality(self.results_, splits, self.num_classes_)  # warns of a model at chance
         return self
 
     # --- inference ---
 
-    def _check_fitted(self) -> None:
-        if not self.members_:
-            raise RuntimeError("this Ensemble is not fitted yet; call fit(train, val) first")
-
     @torch.no_grad()
-    def member_logits(self, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    def member_logits(self, x, batch_size: int = 2048) -> torch.Tensor:
         """(M, N, C) logits of every member."""
-        self._check_fitted()
+        x = self._inputs(x)
         return torch.stack([predict_logits(m, x, batch_size) for m in self.members_])
 
-    def predict_proba(self, x: torch.Tensor, temperature: float = 1.0, mean: Mean | None = None) -> torch.Tensor:
+    def predict_proba(self, x, temperature: float = 1.0, mean: Mean | None = None) -> torch.Tensor:
         """The ensemble's soft targets: the arithmetic or geometric mean (default: the section's ``mean``) of the
-        members' ``softmax(z / T)``."""
+        members' ``softmax(z / T)``; ``x`` an array or tensor shaped like the training inputs. ``predict(x, mean=)``
+        is its argmax."""
         return ensemble_probs(self.member_logits(x), temperature, mean or self.mean)
-
-    def predict(self, x: torch.Tensor, mean: Mean | None = None) -> torch.Tensor:
-        return self.predict_proba(x, 1.0, mean).argmax(dim=1)
 
     def cached_logits(self, split: str) -> dict[str, torch.Tensor]:
         """The logits computed once after training, row i = example i of ``split``: the teacher cache."""
@@ -171,8 +166,7 @@ class Ensemble:
 
     def evaluate(self, test) -> Evaluation:
         """A :class:`Score` for every member, both ensemble means and the generalist."""
-        self._check_fitted()
-        split = materialize(test, "test")
+        split = self._test_split(test)
         logits = self.member_logits(split.x)
         scores = {f"member_{i}": Score.from_logits(logits[i], split.y) for i in range(len(self.members_))}
         for mean in ("arithmetic", "geometric"):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +10,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-
-log = logging.getLogger(__name__)
+from .records import read_bytes, report_damaged, write_atomic, write_text
 
 
 def _sha256(path: Path) -> str:
@@ -24,28 +21,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_verified(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name, record its checksum, then rename: a crash never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    checksum = _sha256(tmp)
-    os.replace(tmp, path)
-    path.with_suffix(path.suffix + ".sha256").write_text(checksum)
+    """``torch.save`` to a temporary name, its checksum beside it, then renamed into place: a crash or a full disk
+    never leaves a half file under the real name (a checksum without its new file reads as a corrupt file)."""
+    path = Path(path)
+    write_atomic(path, lambda fh: torch.save(obj, fh), lambda tmp: write_text(sidecar(path), _sha256(tmp)))
 
 
-def load_verified(path: Path) -> Any | None:
-    """Load with ``weights_only=True`` if the checksum matches; ``None`` when the file is missing or corrupt."""
-    sidecar = path.with_suffix(path.suffix + ".sha256")
-    if not path.is_file() or not sidecar.is_file():
+def load_verified(path: Path, then: str = "ignoring it") -> Any | None:
+    """Load with ``weights_only=True`` if the checksum matches; ``None`` when the file is missing, or damaged (a
+    missing or wrong checksum, unreadable): that is reported once, saying ``then`` (what happens instead)."""
+    path = Path(path)
+    if not path.exists():
         return None
-    if _sha256(path) != sidecar.read_text().strip():
-        log.warning("checkpoint %s fails its checksum; ignoring it", path)
+    expected = read_bytes(sidecar(path), then)
+    if not path.is_file() or expected is None:
+        report_damaged(path, "not a file" if not path.is_file() else "its checksum file is missing", then)
+        return None
+    if _sha256(path) != expected.decode("ascii", "replace").strip():
+        report_damaged(path, "it fails its checksum", then)
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - an unreadable file is treated like a corrupt one
-        log.warning("checkpoint %s cannot be read (%s); ignoring it", path, err)
+        report_damaged(path, " ".join(f"{type(err).__name__}: {err}".split())[:200], then)
         return None
 
 
@@ -64,13 +67,13 @@ class CheckpointDir:
         save_verified(state, path)
         for old in self._epochs()[: -self.keep]:
             old.unlink(missing_ok=True)
-            old.with_suffix(".pt.sha256").unlink(missing_ok=True)
+            sidecar(old).unlink(missing_ok=True)
         return path
 
     def latest(self) -> dict | None:
         """The newest checkpoint that passes its checksum; older ones are the fallback for a corrupt newest."""
         for path in reversed(self._epochs()):
-            state = load_verified(path)
+            state = load_verified(path, "falling back to an older checkpoint, or to training from the start")
             if state is not None:
                 return state
         return None
@@ -89,12 +92,6 @@ def make_output_dir(path: str | Path, key: str = "output_dir") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}: the folder {path} is not writable; choose another --output-dir")
     return path
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:

@@ -6,8 +6,10 @@ every section forbids unknown keys so a typo is an error, never silently ignored
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -15,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .fields import LocalPath, NonEmpty, TrackingUri
+from .strict_yaml import DuplicateKey, load_file, loads
 
 
 class Section(BaseModel):
@@ -29,7 +33,7 @@ class AugmentConfig(Section):
 
 class DataConfig(Section):
     name: str = "digits"
-    root: str = "../shared/data"
+    root: LocalPath = "../shared/data"
     download: bool = False
     val_size: float = Field(0.1, gt=0, lt=1, description="fraction of the training set held out for validation")
     train_limit: int | None = Field(None, gt=0, description="keep only the first N training examples (quick runs)")
@@ -39,7 +43,7 @@ class DataConfig(Section):
                                               "(true), stream them from disk each epoch (false), or auto")
     memory_budget_mb: float = Field(2048, gt=0, description="auto: read into memory when the images fit this budget")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per actor when streaming")
-    decoded_cache: str | None = Field(None, description="streaming: a folder where each dataset is decoded once "
+    decoded_cache: LocalPath | None = Field(None, description="streaming: a folder where each dataset is decoded once "
                                       "into a memory-mapped array, named by a hash of its files, and read from there")
     normalize: bool = Field(False, description="per-channel mean/std of the training split, applied by the model's "
                             "first layer (so evaluation and export apply it too)")
@@ -68,7 +72,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "mlp"
     params: dict[str, Any] = Field(default_factory=dict)
-    version: int | str | None = Field(None, description="bump to retrain when the model's code changed unseen")
+    version: int | NonEmpty | None = Field(None, description="bump to retrain when the model's code changed unseen")
 
     @model_validator(mode="after")
     def _known_model(self) -> "ModelConfig":
@@ -114,13 +118,16 @@ class TrainConfig(Section):
                                                         "fp16 (CUDA only) adds a gradient scaler")
     channels_last: bool = Field(False, description="convolutional models and inputs in channels-last memory format")
     compile: bool = Field(False, description="torch.compile the model (eager, with a warning, where unsupported)")
+    grad_clip_norm: float | None = Field(None, gt=0, description="scale each step's gradient down to this L2 norm "
+                                         "(over all parameters) when it is larger; the student's default is 5")
 
     def identity(self) -> dict:
         """The settings that name a model trained with them. An option added later is left out while it keeps its
         default, which is how every model before it was trained, so those models keep their names."""
         settings = self.model_dump(mode="json")
-        if not settings["label_smoothing"]:
-            del settings["label_smoothing"]
+        for later in ("label_smoothing", "grad_clip_norm"):
+            if not settings[later]:
+                del settings[later]
         return settings
 
 
@@ -155,21 +162,22 @@ class GeneralistConfig(Section):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="cluster address; RAY_ADDRESS wins; none starts a local Ray")
+    address: NonEmpty | None = Field(None, description="cluster address; RAY_ADDRESS wins; none starts a local Ray")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a local Ray (default: all cores)")
     num_gpus: float | None = Field(None, ge=0, description="GPUs of a local Ray (default: detected)")
 
 
 class TrackingConfig(Section):
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; a relative sqlite path is resolved")
-    experiment: str = "distill"
+    uri: TrackingUri = Field("sqlite:///mlflow.db", description="MLflow tracking URI; a relative sqlite path is "
+                             "resolved, a leading ~ expanded")
+    experiment: NonEmpty = "distill"
     system_metrics: bool = Field(False, description="MLflow's system metrics (CPU, memory, disk, network; GPU with "
                                  "nvidia-ml-py) on the parent run while it lasts")
 
 
 class StageConfig(Section):
     seed: int = 0
-    output_dir: str = "runs/digits"
+    output_dir: LocalPath = "runs/digits"
     data: DataConfig = Field(default_factory=DataConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     generalist: GeneralistConfig = Field(default_factory=GeneralistConfig)
@@ -192,13 +200,29 @@ def fingerprint(obj: Any) -> str:
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
+class Flag(str):
+    """A command-line flag's value as an override (``--output-dir X`` is ``output_dir="X"``): the value is taken
+    literally, never parsed as YAML (``''`` stays empty, ``#`` is no comment), and errors name the flag."""
+
+    def __new__(cls, flag: str, key: str, value: str):
+        item = super().__new__(cls, f"{key}={json.dumps(value)}")  # a JSON string is a YAML double-quoted scalar
+        item.flag = flag
+        return item
+
+
+def _named(item: str) -> str:
+    return item.flag if isinstance(item, Flag) else f"--set {item}"
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b=c`` -> (["a", "b"], value parsed as YAML, so numbers, booleans and lists work)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected dotted.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = loads(raw) if raw.strip() else None
+    except DuplicateKey as err:
+        raise ConfigError(f"{_named(item)}: {err}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -213,7 +237,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                raise ConfigError(f"{_named(item)}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
     return tree
@@ -225,7 +249,7 @@ def _error_source(loc: tuple, overrides: list[str], source: str) -> str:
     for item in reversed(overrides):
         path, _ = parse_override(item)
         if dotted[: len(path)] == path or path[: len(dotted)] == dotted:
-            return f"--set {item}"
+            return _named(item)
     return source
 
 
@@ -251,15 +275,24 @@ def validate_config(schema: type[ConfigT], tree: dict, source: str = "config", o
 
 
 def api_arguments(schema: type[ConfigT], config: ConfigT | dict | None, kwargs: dict,
-                  aliases: dict[str, str] | None = None, where: str = "config") -> tuple[ConfigT, dict]:
+                  aliases: dict[str, str] | None = None, where: str = "config",
+                  accepted: Collection[str] = (), positional: Collection[str] = ()) -> tuple[ConfigT, dict]:
     """The Python API's one mapping to the config: ``config`` (a section, a dict or None) with the keyword arguments
     that name its fields (or an alias such as ``n_members`` -> ``members``) applied and validated; the keywords left
-    over are returned for :class:`ensemble.fit.FitOptions`."""
+    over, each one of ``accepted`` (:class:`ensemble.fit.FitOptions`' fields), are returned for it. Any other keyword
+    is a one-line error naming ``where`` and the nearest valid keyword (never one of the caller's ``positional``
+    parameters, which a field of the same name cannot be passed as)."""
+    if not isinstance(config, (BaseModel, dict, type(None))):
+        raise ConfigError(f"{where}: config must be a {schema.__name__}, a dict or None, got {type(config).__name__}")
     tree = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
+    aliases = aliases or {}
     rest = {}
     for key, value in kwargs.items():
-        path = (aliases or {}).get(key, key).split(".")
+        path = aliases.get(key, key).split(".")
         if path[0] not in schema.model_fields:
+            if key not in accepted:
+                valid = [name for name in [*schema.model_fields, *aliases, *accepted] if name not in positional]
+                raise ConfigError(unknown_keyword(where, key, valid))
             rest[key] = value
             continue
         node = tree
@@ -269,6 +302,12 @@ def api_arguments(schema: type[ConfigT], config: ConfigT | dict | None, kwargs: 
             node = child
         node[path[-1]] = value
     return validate_config(schema, tree, where), rest
+
+
+def unknown_keyword(where: str, key: str, valid: Collection[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(sorted(set(valid)))}"
+    return f"{where}: unknown keyword argument {key!r}; {hint}"
 
 
 def load_config(schema: type[ConfigT], path: str | Path | None = None, overrides: list[str] = (),
@@ -282,10 +321,7 @@ def load_config(schema: type[ConfigT], path: str | Path | None = None, overrides
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        tree = load_file(path) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(tree, list(overrides))

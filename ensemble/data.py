@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,7 +16,9 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .streaming import LazyImages, fingerprint_lazy, imagefolder_splits, in_order, targets_of
+from .streaming import LazyImages, fingerprint_lazy, imagefolder_splits, in_order
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,14 +75,27 @@ class DatasetSplits:
 
 
 def check_split(split: Split, num_classes: int, where: str) -> None:
-    """Labels in range and finite inputs: bad data fails here, before any actor starts."""
+    """A split every model can read, else one line naming ``where``: examples present, one int64 label per example
+    in [0, num_classes), inputs (N, ...) of float or uint8 (images, scaled to [0, 1] where a model reads them),
+    finite. Bad data fails here, before any actor starts; :func:`ensemble.inputs.as_split` converts a user's
+    arrays (numpy or tensors, whole-number float labels) into such a split first."""
+    if not len(split):
+        raise DataError(f"{where}: has no examples")
+    if split.y.dim() != 1:
+        raise DataError(f"{where}: labels must be one class index per example, shape (N,), got {tuple(split.y.shape)}")
     if split.y.dtype != torch.int64:
-        raise DataError(f"{where}: labels must be integers, got {split.y.dtype}")
-    if len(split) and (int(split.y.min()) < 0 or int(split.y.max()) >= num_classes):
+        raise DataError(f"{where}: labels must be int64 class indices, got {split.y.dtype}")
+    if int(split.y.min()) < 0 or int(split.y.max()) >= num_classes:
         raise DataError(
             f"{where}: labels must lie in [0, {num_classes - 1}], found {int(split.y.min())}..{int(split.y.max())}"
         )
-    if not split.lazy and split.x.is_floating_point() and not torch.isfinite(split.x).all():
+    if len(split.x.shape) < 2:
+        raise DataError(f"{where}: inputs must be (N, features) or (N, C, H, W), got shape {tuple(split.x.shape)}")
+    if split.lazy:
+        return
+    if not (split.x.is_floating_point() or split.x.dtype == torch.uint8):
+        raise DataError(f"{where}: inputs must be float or uint8 (images in 0..255), got {split.x.dtype}")
+    if split.x.is_floating_point() and not torch.isfinite(split.x).all():
         raise DataError(f"{where}: inputs contain NaN or infinite values")
 
 
@@ -131,8 +149,11 @@ def _npz(root: str, download: bool):
         raise DataError(f"data.root: {path.resolve()} is not a file; the npz dataset needs an .npz with {NPZ_KEYS}")
     try:
         arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"data.root: {path} is not a readable .npz file ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # EOFError: an empty file
+        raise DataError(f"data.root: {path} is not a readable .npz file ({err or type(err).__name__})") from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):  # a lone .npy array, not an archive of named arrays
+        raise DataError(f"data.root: {path} holds one array, not an .npz of named arrays {NPZ_KEYS} "
+                        "(save it with np.savez)")
     missing = [key for key in NPZ_KEYS if key not in arrays.files]
     if missing:
         raise DataError(f"data.root: {path} lacks the arrays {missing}; expected {NPZ_KEYS}")
@@ -140,6 +161,8 @@ def _npz(root: str, download: bool):
     def array(key: str) -> np.ndarray:
         try:
             return arrays[key]
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member of the archive
+            raise DataError(f"data.root: {path} {key} cannot be read ({err or type(err).__name__})") from None
         except ValueError as err:
             if "allow_pickle" not in str(err):
                 raise DataError(f"data.root: {path} {key} cannot be read ({err})") from None
@@ -149,15 +172,45 @@ def _npz(root: str, download: bool):
                             "np.float32)") from None
 
     def split(kind: str) -> Split:
-        x, y = array(f"x_{kind}"), array(f"y_{kind}")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"data.root: {path} y_{kind} must hold integer labels, got {y.dtype}")
-        if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
-            raise DataError(f"data.root: {path} x_{kind} must hold numbers, got {x.dtype}")
-        return Split(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64))
+        return npz_split(array(f"x_{kind}"), array(f"y_{kind}"), f"data.root: {path}", kind)
 
+    train, test = split("train"), split("test")
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise DataError(f"data.root: {path} x_test holds examples of shape {tuple(test.x.shape[1:])}, x_train of "
+                        f"{tuple(train.x.shape[1:])}; both splits must hold examples of one shape")
     names = [str(n) for n in array("class_names")] if "class_names" in arrays.files else []
-    return split("train"), split("test"), names
+    return train, test, names
+
+
+def npz_split(x: np.ndarray, y: np.ndarray, where: str, kind: str) -> Split:
+    """``x_<kind>``, ``y_<kind>`` of an npz as a Split, or one line naming the array. uint8 inputs are images in
+    0..255, kept as uint8 and scaled to [0, 1] where a model reads them (as ImageFolder's are); other integer
+    inputs are refused, since nothing says what their scale is."""
+    from .inputs import as_inputs, as_labels  # it builds on Split
+
+    if np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
+        raise DataError(f"{where} x_{kind} holds {x.dtype} inputs, whose scale is unknown; save images as uint8 "
+                        "(0..255, scaled to [0, 1] when read) or inputs as float32 already scaled")
+    inputs, labels = as_inputs(x, f"{where} x_{kind}"), as_labels(y, f"{where} y_{kind}")
+    if not len(inputs) or not len(labels):
+        raise DataError(f"{where} x_{kind}/y_{kind} hold no examples ({len(inputs)} inputs, {len(labels)} labels); "
+                        f"the npz dataset needs at least one {kind} example")
+    if len(inputs) != len(labels):
+        raise DataError(f"{where} x_{kind} has {len(inputs)} rows but y_{kind} has {len(labels)} labels")
+    if inputs.dtype == torch.uint8:
+        log.info("%s x_%s is uint8: read as images in 0..255, scaled to [0, 1]", where, kind)
+    elif looks_unscaled(inputs):
+        log.warning("%s x_%s holds whole numbers up to %g: unscaled 0..255 pixels? They are used as they are; save "
+                    "them as uint8 (scaled to [0, 1] when read) or divide by 255", where, kind, float(inputs.max()))
+    return Split(inputs, labels)
+
+
+def looks_unscaled(x: torch.Tensor) -> bool:
+    """Float images that are whole numbers in 0..255 with some above 1: raw pixels saved as floats."""
+    if x.dim() != 4 or not x.is_floating_point() or not len(x):
+        return False
+    low, high = float(x.min()), float(x.max())
+    return low >= 0 and 1 < high <= 255 and bool((x == x.round()).all())
 
 
 DATASETS: dict[str, Callable] = {
@@ -192,6 +245,9 @@ def load_dataset(
     full_train, test, class_names = DATASETS[name](root, download)
     order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(round(val_size * len(full_train))))
+    if n_val >= len(full_train):
+        raise DataError(f"data.val_size: {val_size} of the {len(full_train)} {name} training examples leaves none "
+                        "to train on; use a smaller data.val_size or more training examples")
     val_idx, train_idx = order[:n_val], order[n_val:]
     if train_limit is not None:
         train_idx = train_idx[:train_limit]
@@ -204,8 +260,9 @@ def load_dataset(
         num_classes=num_classes,
         class_names=class_names or [str(c) for c in range(num_classes)],
     )
+    source = f"data.root: {root}" if name in ("npz", "imagefolder") else name  # a user's files: name them
     for split_name in ("train", "val", "test"):
-        check_split(splits.split(split_name), num_classes, f"{name} {split_name}")
+        check_split(splits.split(split_name), num_classes, f"{source} {split_name} split")
     return place(splits, in_memory, memory_budget_mb, num_workers, decoded_cache)
 
 
@@ -236,28 +293,11 @@ def read_all(x: LazyImages) -> torch.Tensor:
 
 
 def materialize(dataset, where: str = "dataset", memory_budget_mb: float = 2048) -> Split:
-    """Any map-style dataset of ``(tensor, label)`` pairs (or a :class:`Split`) as a Split: in memory when it fits
-    ``memory_budget_mb``, else streamed (:class:`ensemble.streaming.LazyImages`, labels from ``targets``)."""
-    if isinstance(dataset, Split):
-        return dataset
-    if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and torch.is_tensor(dataset[0]):
-        x, y = dataset
-        return Split(torch.as_tensor(x).float(), torch.as_tensor(y).long())
-    try:
-        size_mb = len(dataset) * torch.as_tensor(dataset[0][0]).numel() * 4 / 2**20 if len(dataset) else 0
-    except Exception as err:  # noqa: BLE001 - any failure here means the dataset is not map-style
-        raise DataError(f"{where}: expected a map-style dataset of (tensor, label) pairs ({err})") from None
-    if size_mb > memory_budget_mb:
-        return Split(LazyImages(dataset), targets_of(dataset))
-    try:
-        items = [dataset[i] for i in range(len(dataset))]
-    except Exception as err:  # noqa: BLE001 - any failure here means the dataset is not map-style
-        raise DataError(f"{where}: expected a map-style dataset of (tensor, label) pairs ({err})") from None
-    if not items:
-        raise DataError(f"{where}: is empty")
-    x = torch.stack([torch.as_tensor(item[0]).float() for item in items])
-    y = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
-    return Split(x, y)
+    """Any split the Python API accepts, checked: an ``(x, y)`` pair, a Split or a map-style dataset, in memory when
+    it fits ``memory_budget_mb``, else streamed (:func:`ensemble.inputs.as_split`)."""
+    from .inputs import as_split  # it builds on Split
+
+    return as_split(dataset, where, memory_budget_mb=memory_budget_mb)
 
 
 def to_numpy(split: Split) -> tuple[np.ndarray, np.ndarray] | Split:

@@ -10,7 +10,6 @@ run work unchanged; a rerun after a kill resumes every worker from rank 0's newe
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -85,8 +84,8 @@ def fit_data_parallel(job, data: list, storage: str) -> TrainResult:
                              failure_config=FailureConfig(max_failures=2)),
     )
     trainer.fit()
-    result = Trainer(job.spec, {}, job.workdir, job.fingerprint).load_finished()
-    summary = json.loads((Path(job.workdir) / "result.json").read_text())
+    written = Trainer(job.spec, {}, job.workdir, job.fingerprint)
+    result, summary = written.load_finished(), written.read_summary()
     result.reused, result.resumed_from_epoch = False, summary.get("resumed_from_epoch", 0)  # trained just now
     result.placement = {"workers": res.workers, "pid": os.getpid()}
     return result

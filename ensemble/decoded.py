@@ -12,6 +12,7 @@ while the folder is locked, so concurrent runs decode it once and nobody reads h
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -22,6 +23,7 @@ import torch
 
 from .errors import DataError
 from .lock import FolderLock
+from .records import report_damaged, writing
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def decoded_array(dataset, folder: str | Path, first_item: torch.Tensor, num_wor
     shape = tuple(first_item.shape)
     target = Path(folder) / f"decoded-{dataset_key(dataset, shape)}"
     path = target / ARRAY_FILE
-    if path.is_file():
+    if _whole(path, len(dataset), shape):
         return path
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -52,18 +54,36 @@ def decoded_array(dataset, folder: str | Path, first_item: torch.Tensor, num_wor
         raise DataError(f"data.decoded_cache: cannot create {target} ({err.strerror})") from None
     with FolderLock(target, "decoding images", wait=DECODE_WAIT_SECONDS, label="data.decoded_cache",
                     advice="wait for it to finish"):
-        if not path.is_file():  # another process may have finished it while this one waited
+        if not _whole(path, len(dataset), shape):  # another process may have finished it while this one waited
             _decode_into(dataset, path, shape, first_item.numpy().dtype, num_workers)
     return path
 
 
+def _whole(path: Path, rows: int, shape: tuple[int, ...]) -> bool:
+    """The array is there with every row; a truncated or damaged one is reported and decoded again."""
+    if not path.exists():
+        return False
+    try:
+        found = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError, EOFError) as err:
+        report_damaged(path, " ".join(str(err).split()), "the images are decoded again")
+        return False
+    if found != (rows, *shape):
+        report_damaged(path, f"shape {found}, not {(rows, *shape)}", "the images are decoded again")
+        return False
+    return True
+
+
 def _decode_into(dataset, path: Path, shape: tuple[int, ...], dtype, num_workers: int) -> None:
-    from .streaming import _Rows
+    from .streaming import _Rows, worker_message
 
     n = len(dataset)
     log.info("decoding %d images once into %s", n, path)
     partial = path.with_name(f".{ARRAY_FILE}.partial")
-    array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, *shape))
+    with writing(partial):
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, *shape))
+        # Reserve the blocks now: a full disk is then an ENOSPC here, not a SIGBUS when a page of the map is written.
+        _reserve(partial)
     loader = torch.utils.data.DataLoader(_Rows(dataset, torch.arange(n)), batch_size=1024, num_workers=num_workers,
                                          collate_fn=_stack_same_shape)
     start = 0
@@ -75,12 +95,19 @@ def _decode_into(dataset, path: Path, shape: tuple[int, ...], dtype, num_workers
             array[start : start + len(batch)] = batch.numpy()
             start += len(batch)
     except DataError as err:
-        # From a DataLoader worker the message arrives wrapped in the worker's traceback: keep its own line.
-        last = (str(err).strip().splitlines() or [""])[-1]
-        raise DataError(last.split("DataError: ", 1)[-1]) from None
+        raise DataError(worker_message(err)) from None
     array.flush()
     del array
     os.replace(partial, path)
+
+
+def _reserve(path: Path) -> None:
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.path.getsize(path))
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot: written as it goes
+                raise
 
 
 def _stack_same_shape(items: list[torch.Tensor]) -> torch.Tensor:

@@ -31,3 +31,7 @@ class TrainingDiverged(DistillError):
 
 class FolderInUse(DistillError):
     """Another live process holds the folder's lock (:mod:`ensemble.lock`)."""
+
+
+class StorageError(DistillError):
+    """A write to the output folder failed (a full disk, a quota, a read-only file system)."""

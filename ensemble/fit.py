@@ -18,7 +18,8 @@ from .precision import check_precision
 from .runner import Resources, TrainJob, check_feasible, connect_ray, train_many
 from .packing import PackedTrainer, check_packs, pack_groups
 from .errors import ConfigError
-from .tracking import Tracker, dataset_inputs
+from .model_runs import link_reused, model_params, record_run, recorded_run
+from .tracking import Tracker, dataset_inputs, flatten
 from .trainer import Trainer, TrainResult, TrainSpec, epoch_metrics
 
 
@@ -28,7 +29,9 @@ class FitOptions:
 
     output_dir: checkpoints and finished models (one folder per model, named by its fingerprint).
     num_cpus / num_gpus: per actor; num_cpus also sets torch's threads; fractional GPUs pack models.
-    tracker / parent_run_id: MLflow; each model gets a nested run under the parent, ``run_params`` as params.
+    tracker / parent_run_id: MLflow; each model gets a nested run under the parent, ``run_params`` as params; a
+    model reused from disk is linked from the parent to the run that trained it (:mod:`ensemble.model_runs`).
+    parent_summary: each model's final scores go to the parent run too, as ``<name>_<score>`` (the Python API's).
     ray_address / ray_num_cpus / ray_num_gpus: the cluster to join, or the size of a local Ray.
     """
 
@@ -38,6 +41,7 @@ class FitOptions:
     tracker: Tracker | None = None
     parent_run_id: str | None = None
     run_params: dict = field(default_factory=dict)
+    parent_summary: bool = False
     ray_address: str | None = None
     ray_num_cpus: int | None = None
     ray_num_gpus: float | None = None
@@ -80,17 +84,26 @@ def api_tracking(options: FitOptions, name: str, params: dict) -> Iterator[FitOp
     if options.tracker is not None or (active is None and not wanted):
         yield options
         return
-    params = options.run_params or params
+    params = options.run_params or _without_models(params)
     if active is not None:
         tracker = Tracker(mlflow.get_tracking_uri(), experiment_id=active.info.experiment_id)
-        yield replace(options, tracker=tracker, parent_run_id=active.info.run_id, run_params=params)
+        tracker.log_new_params(active.info.run_id, params)  # the caller's run: it may hold these, or its own
+        yield replace(options, tracker=tracker, parent_run_id=active.info.run_id, run_params=params,
+                      parent_summary=True)
         return
     experiment_id = None if options.experiment else os.environ.get("MLFLOW_EXPERIMENT_ID")
     tracker = Tracker(options.tracking_uri or mlflow.get_tracking_uri(),
                       options.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default", experiment_id)
     with tracker.run(name, tags={"api": name}) as parent_id:
         tracker.log_params(parent_id, params)
-        yield replace(options, tracker=tracker, parent_run_id=parent_id, run_params=params)
+        yield replace(options, tracker=tracker, parent_run_id=parent_id, run_params=params, parent_summary=True)
+
+
+def _without_models(params: dict) -> dict:
+    """The API's sections without their ``model``: the API trains the factories it is given, not the registry model
+    that field names for the CLI (each model's run records its factory, :func:`ensemble.model_runs.model_params`)."""
+    return {name: {k: v for k, v in section.items() if k != "model"} if isinstance(section, dict) else section
+            for name, section in params.items()}
 
 
 def fit_specs(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint: str, num_classes: int,
@@ -128,8 +141,8 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
     for spec in specs:
         fp = spec.fingerprint(data_fingerprint)
         jobs.append(TrainJob(spec, Path(options.output_dir) / f"{spec.name}-{fp}", fp, options.resources))
-    unfinished = not all(Trainer(job.spec, {}, job.workdir, job.fingerprint).is_finished() for job in jobs)
-    if unfinished and not options.in_process:
+    finished = [Trainer(job.spec, {}, job.workdir, job.fingerprint).is_finished() for job in jobs]
+    if not all(finished) and not options.in_process:
         # Only unfinished work needs a cluster: a rerun of finished stages starts no Ray at all.
         connect_ray(options.ray_address, options.ray_num_cpus, options.ray_num_gpus)
         check_feasible({spec.name: options.resources for spec in specs})
@@ -137,16 +150,18 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
             from .data_parallel import check_workers_fit
 
             check_workers_fit(specs[0].name, options.workers_per_model, options.num_cpus, options.num_gpus)
-    run_ids = _start_runs(jobs, options, splits)
+    runs = _Runs(options, splits)
+    runs.start(jobs, finished)
     try:
         if options.in_process:
             results = train_here(jobs, splits)
         else:
             results = train_many(jobs, splits, show_progress=options.show_progress)
     except BaseException as err:
-        _end_runs(run_ids, options.tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        runs.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    _finish_runs(results, run_ids, options.tracker)
+    runs.finish(jobs, results)
+    run_ids = runs.run_ids
     models = []
     for spec, result in zip(specs, results):
         model = spec.model_factory()
@@ -175,40 +190,79 @@ def train_here(jobs: list[TrainJob], splits: dict[str, Split]) -> list[TrainResu
     return [results[i] for i in range(len(jobs))]
 
 
-def _start_runs(jobs: list[TrainJob], options: FitOptions, splits: dict[str, Split]) -> dict[str, str]:
-    tracker = options.tracker
-    if tracker is None:
-        return {}
-    run_ids = {}
-    inputs = dataset_inputs(options.dataset_name, options.dataset_source, splits)
-    for job in jobs:
-        tags = {"role": job.spec.role, **job.spec.tags}
-        run_id = tracker.start_run(job.spec.name, options.parent_run_id, tags)
-        tracker.log_params(run_id, {**options.run_params, "seed": job.spec.seed, "fingerprint": job.fingerprint,
-                                    **tags})
-        tracker.log_inputs(run_id, inputs)
-        run_ids[job.spec.name] = run_id
+class _Runs:
+    """The MLflow runs of one :func:`_fit_once`: one started per model that trains, or that this store has no run of
+    yet; a model reused from disk is linked to the run that trained it instead (:mod:`ensemble.model_runs`)."""
+
+    def __init__(self, options: FitOptions, splits: dict[str, Split]):
+        self.options, self.tracker = options, options.tracker
+        self.inputs = dataset_inputs(options.dataset_name, options.dataset_source, splits) if self.tracker else []
+        self.run_ids: dict[str, str] = {}  # every model's run: started now, or the one that trained it
+        self.started: set[str] = set()
+
+    def start(self, jobs: list[TrainJob], finished: list[bool]) -> None:
+        if self.tracker is None:
+            return
+        links = {}
+        for job, done in zip(jobs, finished):
+            run = recorded_run(self.tracker, job.workdir, job.fingerprint) if done else None
+            if run is not None:
+                links[job.spec.name] = run
+                self.run_ids[job.spec.name] = run.info.run_id
+            else:
+                self._start(job)
+        link_reused(self.tracker, self.options.parent_run_id, links)
+
+    def _start(self, job: TrainJob) -> str:
+        tracker, spec = self.tracker, job.spec
+        tags = {"role": spec.role, **spec.tags}
+        run_id = tracker.start_run(spec.name, self.options.parent_run_id, tags)
+        tracker.log_params(run_id, {**flatten(self.options.run_params), **model_params(spec.model_factory),
+                                    "seed": spec.seed, "fingerprint": job.fingerprint, **tags})
+        tracker.log_inputs(run_id, self.inputs)
+        self.run_ids[spec.name] = run_id
+        self.started.add(spec.name)
         job.sink = tracker.sink(run_id)
-    return run_ids
+        return run_id
+
+    def finish(self, jobs: list[TrainJob], results: list[TrainResult]) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            return
+        for job, result in zip(jobs, results):
+            live = result.name in self.started  # its curves went to its run epoch by epoch
+            if not live:
+                if result.reused:
+                    self._summarize(result)
+                    continue  # the run that trained it holds everything
+                self._start(job)  # linked, but trained after all (its folder's files were damaged)
+            run_id = self.run_ids[result.name]
+            if result.reused or not live:
+                # Finished in an earlier invocation, or trained unseen: copy its curves so this run is complete.
+                for record in result.history:
+                    tracker.log_metrics(run_id, epoch_metrics(record), step=record["epoch"])
+            tracker.set_tags(run_id, {"reused": result.reused, "resumed_from_epoch": result.resumed_from_epoch})
+            tracker.log_metrics(run_id, final_scores(result))
+            tracker.end_run(run_id, "FINISHED")
+            record_run(tracker, job.workdir, run_id)
+            self._summarize(result)
+
+    def _summarize(self, result: TrainResult) -> None:
+        """With ``parent_summary``, the model's final scores on the parent as ``<name>_<score>``, unless it holds
+        them already (a second fit of the same models under the caller's run)."""
+        parent = self.options.parent_run_id
+        if not self.options.parent_summary or not parent:
+            return
+        held = self.tracker.get_run(parent)
+        held = held.data.metrics if held is not None else {}
+        scores = {f"{result.name}_{key}": value for key, value in final_scores(result).items()}
+        self.tracker.log_metrics(parent, {k: v for k, v in scores.items() if held.get(k) != v})
+
+    def end(self, status: str) -> None:
+        for name in self.started:
+            self.tracker.end_run(self.run_ids[name], status)
 
 
-def _finish_runs(results: list[TrainResult], run_ids: dict[str, str], tracker: Tracker | None) -> None:
-    if tracker is None:
-        return
-    for result in results:
-        run_id = run_ids[result.name]
-        if result.reused:
-            # Finished in an earlier invocation: copy its curves so this run is complete on its own.
-            for record in result.history:
-                tracker.log_metrics(run_id, epoch_metrics(record), step=record["epoch"])
-        tracker.set_tags(run_id, {"reused": result.reused, "resumed_from_epoch": result.resumed_from_epoch})
-        # Final scores under their own names, so they never mix with the per-epoch curves.
-        final = {("best_" + k if k.startswith("val_") else k): v for k, v in result.metrics.items()}
-        tracker.log_metrics(run_id, final)
-        tracker.end_run(run_id, "FINISHED")
-
-
-def _end_runs(run_ids: dict[str, str], tracker: Tracker | None, status: str) -> None:
-    if tracker is not None:
-        for run_id in run_ids.values():
-            tracker.end_run(run_id, status)
+def final_scores(result: TrainResult) -> dict:
+    """Final scores under their own names, so they never mix with the per-epoch curves."""
+    return {("best_" + k if k.startswith("val_") else k): v for k, v in result.metrics.items()}

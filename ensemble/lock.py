@@ -57,7 +57,10 @@ class FolderLock:
             self._take(fd)
             # Truncate and write through the locked descriptor: the file keeps its inode, so the lock stays valid.
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder_info(self.purpose)).encode(), 0)
+            try:
+                os.pwrite(fd, json.dumps(holder_info(self.purpose)).encode(), 0)
+            except OSError:
+                pass  # a full disk: the lock is held all the same; the run's first real write says what is wrong
         except BaseException:
             os.close(fd)  # closing drops the lock too, if it was taken
             raise

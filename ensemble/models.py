@@ -29,10 +29,11 @@ def register_model(name: str):
     return decorator
 
 
-def check_model_params(name: str, params: dict) -> None:
-    if name not in MODELS:
+def check_model_params(name: str, params: dict, factory: Callable[..., nn.Module] | None = None) -> None:
+    factory = factory or MODELS.get(name)
+    if factory is None:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    signature = inspect.signature(MODELS[name])
+    signature = inspect.signature(factory)
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         return
     accepted = [p for p in signature.parameters if p not in ("input_shape", "num_classes")]
@@ -41,18 +42,20 @@ def check_model_params(name: str, params: dict) -> None:
         raise ValueError(f"model {name!r} has no parameter {unknown[0]!r}; it accepts {accepted}")
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, params: dict | None = None) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, params: dict | None = None,
+                factory: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """``factory`` (default: the one registered as ``name``) is passed where the registry may lack it: a Ray actor."""
     try:
-        check_model_params(name, params or {})
-        return MODELS[name](tuple(input_shape), num_classes, **(params or {}))
+        check_model_params(name, params or {}, factory)
+        return (factory or MODELS[name])(tuple(input_shape), num_classes, **(params or {}))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model {name!r}: {err}") from None
 
 
-def resolved_params(name: str, params: dict) -> dict:
+def resolved_params(name: str, params: dict, factory: Callable[..., nn.Module] | None = None) -> dict:
     """Every parameter the registered factory receives, defaults included: a changed default is a changed model."""
     try:
-        bound = inspect.signature(MODELS[name]).bind(None, None, **params)
+        bound = inspect.signature(factory or MODELS[name]).bind(None, None, **params)
     except (KeyError, TypeError):  # unknown name or parameter: build_model reports it
         return dict(params)
     bound.apply_defaults()
@@ -79,8 +82,16 @@ class RegisteredModel:
         return cls(config.name, tuple(input_shape), num_classes, dict(config.params), getattr(config, "version", None),
                    normalize)
 
+    def __getstate__(self) -> dict:
+        # The registered factory travels with its name: a model registered by a plugin that only the driver
+        # imported builds in a Ray actor too (a plugin's functions are pickled by value, see distill.import_plugin).
+        return {**self.__dict__, "_registered": self._registered_factory()}
+
+    def _registered_factory(self) -> Callable[..., nn.Module] | None:
+        return self.__dict__.get("_registered") or MODELS.get(self.name)
+
     def __call__(self) -> nn.Module:
-        net = build_model(self.name, self.input_shape, self.num_classes, self.params)
+        net = build_model(self.name, self.input_shape, self.num_classes, self.params, self._registered_factory())
         if self.normalize is None:
             return net
         from .transforms import NormalizedModel
@@ -89,7 +100,7 @@ class RegisteredModel:
 
     def identity(self) -> dict:
         return {"registered": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "params": resolved_params(self.name, self.params), "version": self.version,
+                "params": resolved_params(self.name, self.params, self._registered_factory()), "version": self.version,
                 "normalize": None if self.normalize is None else [list(v) for v in self.normalize]}
 
 

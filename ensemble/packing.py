@@ -57,6 +57,9 @@ def check_packable(specs: list[TrainSpec], models: list[nn.Module]) -> None:
         raise ConfigError("ensemble.pack: packed members need one training config and plain cross-entropy")
     if specs[0].train.compile:
         raise ConfigError("ensemble.pack: train.compile is not supported for packed members (set one of them off)")
+    if specs[0].train.grad_clip_norm is not None:
+        raise ConfigError("ensemble.pack: train.grad_clip_norm would clip the packed members' gradients as one; "
+                          "unset it or set ensemble.pack: 1")
     for module_name, module in first.named_modules():
         if getattr(module, "track_running_stats", False):
             raise ConfigError(f"ensemble.pack: layer {module_name!r} keeps running statistics (batch norm), which a "

@@ -14,16 +14,21 @@ class Record(BaseModel):
 
 
 class Trained(Record):
-    """Whether a model was trained now, resumed from a checkpoint, or reused finished from disk."""
+    """Whether a model was trained now, resumed from a checkpoint, or reused finished from disk, and whether it
+    learned anything (:mod:`ensemble.quality`: ``quality`` "ok" or what is wrong, ``warnings`` the lines why)."""
 
     reused: bool = False
     resumed_from_epoch: int = 0
+    quality: str | None = None  # None: written before the quality guard
+    warnings: list[str] = Field(default_factory=list)
 
     @property
     def status(self) -> str:
         if self.reused:
-            return "reused"
-        return f"resumed at {self.resumed_from_epoch}" if self.resumed_from_epoch else "trained"
+            done = "reused"
+        else:
+            done = f"resumed at {self.resumed_from_epoch}" if self.resumed_from_epoch else "trained"
+        return done if self.quality in (None, "ok") else f"{done}, {self.quality.upper()}"
 
 
 class ModelRow(Trained):

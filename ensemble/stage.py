@@ -61,13 +61,14 @@ def run_ensemble_stage(
     return ensemble, summarize(ensemble, data, config.ensemble.mean)
 
 
-def model_row(result, run_id: str | None, test_labels) -> ModelRow:
-    """A model's row, scored from its cached test logits (so a model reused from an older run gets every score)."""
+def model_row(result, run_id: str | None, test_labels, verdict: dict | None = None) -> ModelRow:
+    """A model's row, scored from its cached test logits (so a model reused from an older run gets every score);
+    ``verdict``: its quality (:func:`ensemble.quality.assess`)."""
     m = result.metrics
     return ModelRow(name=result.name, **Score.from_logits(result.logits["test"], test_labels).fields("test_"),
                     val_accuracy=m["val_accuracy"], epochs_trained=m["epochs_trained"],
                     best_epoch=m["best_epoch"], reused=result.reused, resumed_from_epoch=result.resumed_from_epoch,
-                    mlflow_run_id=run_id, curves=learning_curves(result.history))
+                    mlflow_run_id=run_id, curves=learning_curves(result.history), **(verdict or {}))
 
 
 def summarize(ensemble: Ensemble, data: DatasetSplits, mean: str) -> dict:
@@ -79,10 +80,12 @@ def summarize(ensemble: Ensemble, data: DatasetSplits, mean: str) -> dict:
     for kind in ("arithmetic", "geometric"):
         score = Score.from_probs(ensemble_probs(stacked, 1.0, kind), y)
         scores.update({f"test_{key}_{kind}": getattr(score, key) for key in SCORE_KEYS})
-    section = EnsembleSection(members=[model_row(r, ensemble.run_ids_.get(r.name), y) for r in members], mean=mean,
+    section = EnsembleSection(members=[model_row(r, ensemble.run_ids_.get(r.name), y, ensemble.quality_.get(r.name))
+                                       for r in members], mean=mean,
                               **scores, **{f"test_{key}": scores[f"test_{key}_{mean}"] for key in SCORE_KEYS})
     results = {"ensemble": section}
     generalist = [r for r in ensemble.results_ if r.role == "generalist"]
     if generalist:
-        results["generalist"] = model_row(generalist[0], ensemble.run_ids_.get("generalist"), y)
+        results["generalist"] = model_row(generalist[0], ensemble.run_ids_.get("generalist"), y,
+                                          ensemble.quality_.get("generalist"))
     return results

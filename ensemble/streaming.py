@@ -130,13 +130,22 @@ class LazyImages:
         loader = torch.utils.data.DataLoader(_Rows(self.dataset, self.indices), batch_sampler=chunks,
                                              num_workers=self.num_workers, pin_memory=pin_memory,
                                              persistent_workers=False)
-        for chunk, inputs in zip(chunks, loader):
-            yield torch.tensor(chunk), inputs
+        try:
+            for chunk, inputs in zip(chunks, loader):
+                yield torch.tensor(chunk), inputs
+        except DataError as err:
+            raise DataError(worker_message(err)) from None
 
     def fingerprint_into(self, digest) -> None:
         """The dataset's files (path, size, modification time) or its own description, and the rows."""
         dataset_into(self.dataset, digest)
         digest.update(self.indices.numpy().tobytes())
+
+
+def worker_message(err: DataError) -> str:
+    """A DataError's own line: from a DataLoader worker it arrives wrapped in the worker's traceback."""
+    last = (str(err).strip().splitlines() or [""])[-1]
+    return last.split("DataError: ", 1)[-1]
 
 
 def dataset_into(dataset, digest) -> None:
@@ -189,10 +198,10 @@ def fingerprint_lazy(x: LazyImages, y: torch.Tensor) -> str:
 
 
 def decode(path: str) -> torch.Tensor:
-    """An image file as a uint8 (C, H, W) tensor (PNG, JPEG, GIF, WEBP), without PIL."""
-    from torchvision.io import ImageReadMode, decode_image
+    """An image file as a uint8 (C, H, W) tensor (PNG, JPEG, GIF, WEBP): :func:`ensemble.images.decode`."""
+    from .images import decode as decode_file
 
-    return decode_image(path, mode=ImageReadMode.UNCHANGED)
+    return decode_file(path)
 
 
 def image_folder(root: str | Path, part: str):
@@ -217,6 +226,10 @@ def imagefolder_splits(root: str, download: bool):
     missing = sorted(set(test.classes) - set(train.classes))
     if missing:
         raise DataError(f"data.root: {Path(root) / 'test'} has classes {missing} that {Path(root) / 'train'} lacks")
+    from .images import check_images
+
+    # Every file's header now, so an odd size or mode is named before anything trains, not found by torch.stack.
+    check_images(train.samples[0][0], [path for path, _ in [*train.samples, *test.samples]])
     # Test labels follow train's class numbering.
     test_targets = torch.tensor([train.class_to_idx[test.classes[t]] for t in test.targets], dtype=torch.int64)
     return (Split(LazyImages(train), targets_of(train)), Split(LazyImages(test), test_targets), list(train.classes))

@@ -13,16 +13,19 @@ import os
 import re
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
 from .bounded import retry_for
 from .errors import DistillError
+from .store_errors import check_schema, deleted_experiment, missing_experiment, open_error, schema_lock, store_errors
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens GenAI (traces) views unless the experiment says it is model training.
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 HOST = socket.gethostname()
@@ -126,15 +129,42 @@ class Tracker:
         self.uri = resolve_tracking_uri(uri)
         check_server(self.uri)
         try:
-            self.client = MlflowClient(self.uri)
-            if experiment_id is not None:
-                self.experiment_id = self.client.get_experiment(experiment_id).experiment_id
-                return
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
-        except Exception as err:  # noqa: BLE001 - connection, permission or schema problems
-            raise DistillError(f"tracking.uri: MLflow cannot use {redact(self.uri)!r} ({_first_sentence(err)}); "
-                               "expected sqlite:///PATH.db, a folder or http://HOST:PORT") from None
+            # MLflow creates a new store's schema on first open: one process at a time (store_errors.schema_lock).
+            with schema_lock(self.uri):
+                self.client = MlflowClient(self.uri)
+                found = self._experiment(experiment, experiment_id)
+                check_schema(self.uri, redact(self.uri))
+        except DistillError:
+            raise
+        except Exception as err:  # noqa: BLE001 - connection, permission, schema or format problems
+            raise open_error(redact(self.uri), err) from None
+        self.experiment_id = found.experiment_id
+        if found.lifecycle_stage == "deleted":
+            raise deleted_experiment(redact(self.uri), found.name, found.experiment_id)
+        if KIND_TAG not in found.tags:  # never over a kind the user chose
+            try:
+                self.client.set_experiment_tag(self.experiment_id, KIND_TAG, TRAINING_KIND)
+            except Exception as err:  # noqa: BLE001 - a read-only or permission-checked server: only the UI's view
+                log.warning("could not tag MLflow experiment %s as model training: %s", self.experiment_id,
+                            _first_sentence(err))
+
+    def _experiment(self, name: str, experiment_id: str | None):
+        from mlflow.exceptions import MlflowException
+
+        if experiment_id is not None:
+            try:
+                return self.client.get_experiment(experiment_id)
+            except MlflowException as err:
+                if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    raise missing_experiment(redact(self.uri), experiment_id) from None
+                raise
+        found = self.client.get_experiment_by_name(name)
+        return found or self.client.get_experiment(self._create_experiment(name))
+
+    def _call(self, method, *args, **kwargs):
+        """Every store call: retried while SQLite is busy, and a store that cannot be used is one line."""
+        with store_errors(redact(self.uri)):
+            return _retry(method, *args, **kwargs)
 
     def _create_experiment(self, name: str) -> str:
         artifact_location = None
@@ -142,17 +172,26 @@ class Tracker:
             # Keep artifacts beside the database, wherever the process that creates the experiment runs.
             artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
         try:
-            # MLflow 3's UI opens GenAI (traces) views unless the experiment says it is model training.
             return self.client.create_experiment(name, artifact_location=artifact_location,
-                                                 tags={"mlflow.experimentKind": "custom_model_development"})
+                                                 tags={KIND_TAG: TRAINING_KIND})
         except Exception:  # noqa: BLE001 - another process created it first
             return self.client.get_experiment_by_name(name).experiment_id
+
+    def get_run(self, run_id: str):
+        """The run, or None when this store has no such run or it was deleted."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._call(self.client.get_run, run_id)
+        except MlflowException:
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> str:
         all_tags = {str(k): redact(v) for k, v in (tags or {}).items()}
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
-        run = _retry(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
+        run = self._call(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict) -> None:
@@ -160,19 +199,30 @@ class Tracker:
 
         items = [Param(k, redact(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):
-            _retry(self.client.log_batch, run_id, params=items[i : i + 100])
+            self._call(self.client.log_batch, run_id, params=items[i : i + 100])
+
+    def log_new_params(self, run_id: str, params: dict) -> None:
+        """Only the params ``run_id`` does not hold yet: params never change, and a run that is not this library's
+        (the caller's, or one that a second ``fit`` logs to again) may hold some already."""
+        held = self._call(self.client.get_run, run_id).data.params
+        flat = flatten(params)
+        changed = sorted(k for k, v in flat.items() if k in held and held[k] != redact(v)[:6000])
+        if changed:
+            log.warning("MLflow run %s keeps its earlier value of %s", run_id, ", ".join(changed[:3]))
+        self.log_params(run_id, {k: v for k, v in flat.items() if k not in held})
 
     def log_metrics(self, run_id: str, metrics: dict, step: int | None = None) -> None:
-        log_metrics(self.client, run_id, metrics, step)
+        with store_errors(redact(self.uri)):
+            log_metrics(self.client, run_id, metrics, step)
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        _retry(self.client.log_batch, run_id, tags=[RunTag(k, redact(v)) for k, v in tags.items()])
+        self._call(self.client.log_batch, run_id, tags=[RunTag(k, redact(v)) for k, v in tags.items()])
 
     def log_inputs(self, run_id: str, inputs: list) -> None:
         if inputs:
-            _retry(self.client.log_inputs, run_id, datasets=inputs)
+            self._call(self.client.log_inputs, run_id, datasets=inputs)
 
     @contextmanager
     def system_metrics(self, run_id: str, enabled: bool = True, interval_s: float = 10.0) -> Iterator[None]:
@@ -191,26 +241,26 @@ class Tracker:
             monitor.finish()
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        _retry(self.client.log_artifact, run_id, str(path), artifact_path)
+        self._call(self.client.log_artifact, run_id, str(path), artifact_path)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        _retry(self.client.log_text, run_id, text, artifact_file)
+        self._call(self.client.log_text, run_id, text, artifact_file)
 
     def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
-        _retry(self.client.log_figure, run_id, figure, artifact_file)
+        self._call(self.client.log_figure, run_id, figure, artifact_file)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        _retry(self.client.set_terminated, run_id, status)
+        self._call(self.client.set_terminated, run_id, status)
 
     def end_abandoned_runs(self, output_dir: str) -> list[str]:
         """Mark KILLED the runs of ``output_dir`` whose driver on this host died without ending them (SIGKILL,
         OOM killer, power loss): they would otherwise show RUNNING in the UI forever. Returns their ids."""
         query = f"attributes.status = 'RUNNING' and tags.output_dir = '{output_dir}' and tags.host = '{HOST}'"
         abandoned = []
-        for run in _retry(self.client.search_runs, [self.experiment_id], query):
+        for run in self._call(self.client.search_runs, [self.experiment_id], query):
             pid = int(run.data.tags.get("pid", "0"))
             if pid and not _process_alive(pid):
-                children = _retry(self.client.search_runs, [self.experiment_id],
+                children = self._call(self.client.search_runs, [self.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{run.info.run_id}' and attributes.status = 'RUNNING'")
                 for child in children:
                     self.end_run(child.info.run_id, "KILLED")
@@ -230,11 +280,9 @@ class Tracker:
         run_id = self.start_run(name, parent_id, tags)
         try:
             yield run_id
-        except KeyboardInterrupt:
-            self.end_run(run_id, "KILLED")
-            raise
-        except BaseException:
-            self.end_run(run_id, "FAILED")
+        except BaseException as err:
+            with suppress(Exception):  # a store that failed already must not hide the error that ended the run
+                self.end_run(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
         self.end_run(run_id, "FINISHED")
 

@@ -7,25 +7,25 @@ and a finished model is reused from disk without training.
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointDir, load_verified, save_verified, write_json
+from .checkpoint import CheckpointDir, load_verified, save_verified
 from .data import Split, jitter
 from .errors import CheckpointError, TrainingDiverged
 from .lock import model_folder_lock
 from .objectives import Objective
 from .optim import make_optimizer, make_scheduler
+from .precision import autocast, check_precision, grad_scaler, prepare, to_memory_format
+from .records import has_fields, read_json, write_json
 from .scores import Score
 from .spec import Sampler, TrainResult, TrainSpec, sampler_identity  # noqa: F401 - re-exported: the trainer's API
-from .precision import autocast, check_precision, grad_scaler, prepare, to_memory_format
 from .streaming import as_input, in_order, iterate_rows
 from .transforms import hflip
 
@@ -50,6 +50,10 @@ def resolve_device(num_gpus: float) -> torch.device:
     return torch.device("cuda") if num_gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
+# What a damaged record of a finished model (result.json, model.pt, logits.pt) costs: the model is unfinished again.
+AGAIN = "the model counts as unfinished: it resumes from its newest valid checkpoint (or trains again)"
+
+
 @dataclass
 class _Run:
     """One training run's mutable state, saved whole in every checkpoint."""
@@ -66,15 +70,29 @@ class _Run:
     epochs_since_best: int = 0
     stepped: object = None  # what the steps call: the model, channels-last and/or compiled
     scaler: object = None  # fp16's gradient scaler
+    clip: float | None = None  # train.grad_clip_norm
+    clipped: object = 0  # steps of this epoch whose gradient was clipped (a tensor: no device sync per step)
 
     def step(self, loss: torch.Tensor) -> None:
         if self.scaler is None:
             loss.backward()
+            self._clip()
             self.optimizer.step()
             return
         self.scaler.scale(loss).backward()
+        if self.clip is not None:
+            self.scaler.unscale_(self.optimizer)  # the threshold is on the true gradient, not the scaled one
+        self._clip()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def _clip(self) -> None:
+        # A few huge early steps (a T²-scaled soft term on a wide CNN head) can drive every BatchNorm shift below
+        # zero and leave all ReLUs dead for good; a bounded step cannot. A data-parallel group clips alike: DDP
+        # has averaged the gradients by now.
+        if self.clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+            self.clipped = self.clipped + (norm > self.clip)
 
     def checkpoint(self, fingerprint: str, epoch: int) -> dict:
         return {"fingerprint": fingerprint, "epoch": epoch, "model": self.model.state_dict(),
@@ -105,17 +123,21 @@ class Trainer:
 
     def is_finished(self) -> bool:
         """Cheap check (no tensors loaded): a result for this exact fingerprint is on disk."""
-        summary_path = self.workdir / "result.json"
-        return summary_path.is_file() and json.loads(summary_path.read_text()).get("fingerprint") == self.fingerprint
+        summary = self.read_summary()
+        return summary is not None and summary["fingerprint"] == self.fingerprint
+
+    def read_summary(self) -> dict | None:
+        """``result.json``, or ``None`` when missing or damaged: a damaged one makes the model unfinished."""
+        return read_json(self.workdir / "result.json", AGAIN, valid=lambda v: has_fields(
+            v, fingerprint=str, metrics=dict, history=list))
 
     def load_finished(self) -> TrainResult | None:
-        summary_path = self.workdir / "result.json"
-        if not summary_path.is_file():
+        summary = self.read_summary()
+        if summary is None or summary["fingerprint"] != self.fingerprint:
             return None
-        summary = json.loads(summary_path.read_text())
-        state = load_verified(self.workdir / "model.pt")
-        logits = load_verified(self.workdir / "logits.pt")
-        if summary.get("fingerprint") != self.fingerprint or state is None or logits is None:
+        state = load_verified(self.workdir / "model.pt", AGAIN)
+        logits = load_verified(self.workdir / "logits.pt", AGAIN) if state is not None else None
+        if state is None or not isinstance(logits, dict):
             return None
         for split, data in self.data.items():
             rows = len(logits[split]) if split in logits else 0
@@ -200,7 +222,7 @@ class Trainer:
                    [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))],
                    stepped=data_parallel(prepare(model, train_cfg.channels_last, train_cfg.compile, spec.name),
                                          self.world),
-                   scaler=grad_scaler(train_cfg.precision, self.device))
+                   scaler=grad_scaler(train_cfg.precision, self.device), clip=train_cfg.grad_clip_norm)
         checkpoint = self.checkpoints.latest()
         if checkpoint is not None:
             self._resume(run, checkpoint)
@@ -234,6 +256,7 @@ class Trainer:
         n_train = len(self.data["train"])
         order = (spec.sampler.epoch_order(n_train, run.generator) if spec.sampler is not None
                  else torch.randperm(n_train, generator=run.generator))
+        run.clipped = 0
         term_sums, monitored = self._batches(run, order)
         lr = run.optimizer.param_groups[0]["lr"]
         if run.scheduler is not None and spec.train.scheduler.name != "onecycle":
@@ -247,6 +270,8 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": train_loss,
                   **{f"train_{name}": value for name, value in terms_mean.items()},
                   "val_accuracy": self._accuracy(run.model, "val"), "lr": lr}
+        if run.clip is not None:
+            record["grad_clipped"] = float(run.clipped) / max(1, math.ceil(len(order) / spec.train.batch_size))
         if record["val_accuracy"] > run.best["val_accuracy"] or spec.train.select == "last":
             run.best = {"val_accuracy": record["val_accuracy"], "epoch": epoch + 1, "state": _cpu_state(run.model)}
             run.epochs_since_best = 0

@@ -8,22 +8,29 @@ by k, crop back: the CIFAR standard ``random_crop: 4``); :func:`hflip` mirrors a
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .errors import DataError
-from .streaming import as_input, in_order
+from .streaming import LazyImages, as_input, in_order
+
+STATS_BATCH_BYTES = 2**27
 
 
-def channel_stats(x: torch.Tensor, batch: int = 8192) -> tuple[list[float], list[float]]:
+def channel_stats(x: torch.Tensor | LazyImages, batch: int = 8192) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) standard deviation of (N, C, ...) inputs, over every other axis, computed
-    a batch at a time in float64."""
-    if x.dim() < 2 or not len(x):
+    a batch at a time in float64: an in-memory tensor, or streamed :class:`ensemble.streaming.LazyImages`, read once
+    in order (every example, not a sample, so a streamed and an in-memory split give the same statistics)."""
+    if len(x.shape) < 2 or not len(x):
         raise DataError(f"data.normalize needs (N, C, ...) inputs with N > 0, got shape {tuple(x.shape)}")
     channels = x.shape[1]
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
     count = 0
+    # Each batch is held in float64: bound it (~128 MB) however large the images are.
+    batch = max(1, min(batch, STATS_BATCH_BYTES // (8 * math.prod(x.shape[1:]))))
     for inputs in in_order(x, batch):
         part = as_input(inputs).double().transpose(0, 1).reshape(channels, -1)
         total += part.sum(1)

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from ensemble.checkpoint import state_fingerprint
-from ensemble.config import api_arguments, fingerprint
-from ensemble.data import check_split, materialize
+from ensemble.config import fingerprint
 from ensemble.errors import ConfigError
-from ensemble.fit import FitOptions, api_tracking, fit_specs
+from ensemble.estimator import Estimator, output_width
+from ensemble.fit import api_tracking, fit_specs
+from ensemble.quality import check as check_quality
 from ensemble.scores import Evaluation, Score
 from ensemble.trainer import TrainResult, TrainSpec, predict_logits
 
@@ -24,7 +25,7 @@ from .grouping import class_matrix, cluster_classes, resolve_groups
 from .teacher import SpecialistOutputs
 
 
-class SpecialistEnsemble:
+class SpecialistEnsemble(Estimator):
     """Specialists for groups of classes the generalist confuses (paper §5), trained in parallel on Ray.
 
     Takes the config's ``specialists`` section whole (:class:`specialists.config.SpecialistsConfig`, a dict, or
@@ -34,6 +35,8 @@ class SpecialistEnsemble:
     >>> spec.groups            # e.g. [[3, 5, 8], [4, 7, 9]]
     >>> spec.predict_proba(x)  # Eq. 5 with the active specialists
     """
+
+    fitted_attribute = "specialists_"
 
     def __init__(
         self,
@@ -49,18 +52,15 @@ class SpecialistEnsemble:
     ):
         """Keywords that are not fields of the section are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus,
         num_gpus, tracking_uri, experiment, ... (``num_cpus``/``num_gpus`` default to the section's resources)."""
-        aliases = {name: f"combine.{name}" for name in CombineConfig.model_fields}
-        self.config, options = api_arguments(SpecialistsConfig, config, kwargs, aliases, "SpecialistEnsemble")
+        aliases = {"n_specialists": "count", **{name: f"combine.{name}" for name in CombineConfig.model_fields}}
+        self.config, self.options = self._arguments(SpecialistsConfig, config, kwargs, aliases,
+                                                    {"output_dir": "runs/specialists"})
         self.generalist = generalist.eval()
         self.generalist_factory = generalist_factory or partial(copy.deepcopy, generalist)
         find_head(generalist, self.config.head)  # fail now if there is no linear head to copy
         self.train_config = self.config.train
         self.class_names = class_names
         self.seed, self.jitter, self.hflip = seed, jitter, hflip
-        resources = self.config.resources
-        self.options = FitOptions(**{"output_dir": "runs/specialists", "num_cpus": resources.num_cpus,
-                                     "num_gpus": resources.num_gpus,
-                                     "workers_per_model": resources.workers_per_model, **options})
         self.specialists_: list[nn.Module] = []
         self.results_: list[TrainResult] = []
         self.run_ids_: dict[str, str] = {}
@@ -87,12 +87,10 @@ class SpecialistEnsemble:
                                self.seed)
 
     def fit(self, train, val, test=None) -> "SpecialistEnsemble":
-        splits = {"train": materialize(train, "train"), "val": materialize(val, "val")}
-        if test is not None:
-            splits["test"] = materialize(test, "test")
-        self.num_classes_ = int(predict_logits(self.generalist, splits["val"].x[:2]).shape[1])
-        for name, split in splits.items():
-            check_split(split, self.num_classes_, name)
+        """Splits as for ``Ensemble.fit``: ``(x, y)`` pairs of arrays or tensors, Splits or map-style datasets."""
+        splits = self._fit_splits(train, val, test)
+        self.num_classes_ = output_width(partial(predict_logits, self.generalist), splits["val"], "generalist", "val")
+        self._check_labels(splits, self.num_classes_)
         if self.config.source not in splits:
             raise ConfigError(f"specialists.source: no split named {self.config.source!r}")
         self.class_matrix_ = None
@@ -120,6 +118,8 @@ class SpecialistEnsemble:
         with api_tracking(self.options, "SpecialistEnsemble", params) as options:
             fitted = fit_specs(specs, splits, data_fingerprint, self.num_classes_, options)
         self.results_, self.specialists_, self.run_ids_ = fitted.results, fitted.models, fitted.run_ids
+        self.quality_ = check_quality(self.results_, splits, self.num_classes_,  # warns of a model at chance
+                                      target_maps={spec.name: spec.target_map for spec in specs})
         return self
 
     # --- inference ---
@@ -128,20 +128,20 @@ class SpecialistEnsemble:
         return [torch.tensor(g) for g in self.groups_]
 
     @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-        """Eq. 5: the generalist's distribution, refined by the specialists its top-n classes activate."""
+    def predict_proba(self, x, batch_size: int = 4096) -> torch.Tensor:
+        """Eq. 5: the generalist's distribution, refined by the specialists its top-n classes activate; ``x`` an
+        array or tensor shaped like the training inputs. ``predict(x)`` is its argmax."""
         q, self.last_info_ = combine(*self.combination_inputs(x, batch_size), **self.solver_options)
         return q
 
     @torch.no_grad()
-    def combination_inputs(self, x: torch.Tensor, batch_size: int = 4096) -> tuple:
+    def combination_inputs(self, x, batch_size: int = 4096) -> tuple:
         """``(p_g, [p_m], groups, active)`` for :func:`specialists.combine.combine`.
 
         Each specialist runs only on the examples that activate it, so the cost grows with the number of
         active specialists per example (about one with top-1 and disjoint groups), not with their count.
         """
-        if not self.specialists_:
-            raise RuntimeError("this SpecialistEnsemble is not fitted yet; call fit(train, val) first")
+        x = self._inputs(x)
         generalist_probs = torch.softmax(predict_logits(self.generalist, x, batch_size), dim=1)
         groups = self._group_tensors()
         active = active_specialists(generalist_probs, groups, self.config.combine.top_n)
@@ -154,17 +154,13 @@ class SpecialistEnsemble:
             specialist_probs.append(probs)
         return generalist_probs, specialist_probs, groups, active
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predict_proba(x).argmax(dim=1)
-
     # --- the Teacher protocol (ensemble.teacher) ---
 
     def teacher_name(self) -> str:
         return "specialists"
 
     def online(self) -> nn.Module:
-        if not self.specialists_:
-            raise RuntimeError("this SpecialistEnsemble is not fitted yet; call fit(train, val) first")
+        self._check_fitted()
         return SpecialistOutputs(self.generalist, self.specialists_, self.groups_, self.config.combine.top_n,
                                  **self.solver_options)
 
@@ -177,7 +173,7 @@ class SpecialistEnsemble:
     def evaluate(self, test) -> Evaluation:
         """Scores of the generalist alone and of the combination (Eq. 5); details: per class and by the number of
         specialists covering the correct class (the paper's Table 4)."""
-        split = materialize(test, "test")
+        split = self._test_split(test)
         inputs = self.combination_inputs(split.x)  # one generalist pass serves both sides of the comparison
         combined, self.last_info_ = combine(*inputs, **self.solver_options)
         details = evaluate_combination(inputs[0], combined, split.y, self.groups_,

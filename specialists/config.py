@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ensemble.config import ResourcesConfig, Section, TrainConfig
+from ensemble.fields import NonEmpty
 
 
 def _specialist_train() -> TrainConfig:
@@ -33,7 +34,7 @@ class SpecialistsConfig(Section):
     min_group_size: int = Field(2, ge=2, description="smaller clusters get no specialist")
     groups: list[list[int | str]] | None = Field(None, description="groups given by hand (class indices or names)")
     source: Literal["val", "train"] = Field("val", description="split whose predictions give the covariance")
-    head: str | None = Field(None, description="name of the classifier layer; default: the last nn.Linear")
+    head: NonEmpty | None = Field(None, description="name of the classifier layer; default: the last nn.Linear")
     train: TrainConfig = Field(default_factory=_specialist_train)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     combine: CombineConfig = Field(default_factory=CombineConfig)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ensemble.api import Ensemble
 from ensemble.config import StageConfig
 from ensemble.data import DatasetSplits
 from ensemble.errors import ConfigError
+from ensemble.records import write_json
 from ensemble.stage import fit_options
 from ensemble.tracking import Tracker
 
@@ -57,7 +57,7 @@ def run_specialist_stage(
         members=[SpecialistRow(name=r.name, group=groups[i], test_accuracy=r.metrics["test_accuracy"],
                                val_accuracy=r.metrics["val_accuracy"], epochs_trained=r.metrics["epochs_trained"],
                                reused=r.reused, resumed_from_epoch=r.resumed_from_epoch,
-                               mlflow_run_id=specialists.run_ids_.get(r.name))
+                               mlflow_run_id=specialists.run_ids_.get(r.name), **specialists.quality_.get(r.name, {}))
                  for i, r in enumerate(specialists.results_)],
     )
     _save_artifacts(specialists, summary, data.class_names, stage_dir, tracker, parent_run_id)
@@ -67,7 +67,7 @@ def run_specialist_stage(
 def _save_artifacts(specialists, summary, class_names, stage_dir: Path, tracker, parent_run_id) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
     groups_file = stage_dir / "groups.json"
-    groups_file.write_text(json.dumps({"groups": summary.groups, "names": summary.group_names}, indent=2))
+    write_json(groups_file, {"groups": summary.groups, "names": summary.group_names})
     files = [groups_file]
     if specialists.class_matrix_ is not None:
         figure = plot_covariance(specialists.class_matrix_, summary.groups, class_names,
