@@ -72,6 +72,7 @@ class _Run:
     scaler: object = None  # fp16's gradient scaler
     clip: float | None = None  # train.grad_clip_norm
     clipped: object = 0  # steps of this epoch whose gradient was clipped (a tensor: no device sync per step)
+    clip_steps: int = 0  # steps of this epoch that were checked: this worker's own, under data parallelism
 
     def step(self, loss: torch.Tensor) -> None:
         if self.scaler is None:
@@ -93,6 +94,7 @@ class _Run:
         if self.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.clipped = self.clipped + (norm > self.clip)
+            self.clip_steps += 1
 
     def checkpoint(self, fingerprint: str, epoch: int) -> dict:
         return {"fingerprint": fingerprint, "epoch": epoch, "model": self.model.state_dict(),
@@ -256,7 +258,7 @@ class Trainer:
         n_train = len(self.data["train"])
         order = (spec.sampler.epoch_order(n_train, run.generator) if spec.sampler is not None
                  else torch.randperm(n_train, generator=run.generator))
-        run.clipped = 0
+        run.clipped, run.clip_steps = 0, 0
         term_sums, monitored = self._batches(run, order)
         lr = run.optimizer.param_groups[0]["lr"]
         if run.scheduler is not None and spec.train.scheduler.name != "onecycle":
@@ -271,7 +273,7 @@ class Trainer:
                   **{f"train_{name}": value for name, value in terms_mean.items()},
                   "val_accuracy": self._accuracy(run.model, "val"), "lr": lr}
         if run.clip is not None:
-            record["grad_clipped"] = float(run.clipped) / max(1, math.ceil(len(order) / spec.train.batch_size))
+            record["grad_clipped"] = float(run.clipped) / max(1, run.clip_steps)
         if record["val_accuracy"] > run.best["val_accuracy"] or spec.train.select == "last":
             run.best = {"val_accuracy": record["val_accuracy"], "epoch": epoch + 1, "state": _cpu_state(run.model)}
             run.epochs_since_best = 0
