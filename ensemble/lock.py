@@ -32,13 +32,14 @@ class FolderLock:
 
     wait: seconds to poll (every half second) while another process holds it; 0 refuses at once.
     label / advice: how the one-line :class:`FolderInUse` names the folder and what it asks the user to do.
+    lock_name: the lock file's name in the folder (``.lock``; ``mlflow.db.lock`` guards a store beside it).
     Locks on different folders nest; the same folder twice, even in one process, is refused like any holder.
     """
 
     def __init__(self, folder: str | Path, purpose: str, *, wait: float = 0.0, label: str = "output_dir",
-                 advice: str = "wait for it to finish or use another --output-dir"):
+                 advice: str = "wait for it to finish or use another --output-dir", lock_name: str = LOCK_FILE):
         self.folder = Path(folder).resolve()
-        self.path = self.folder / LOCK_FILE
+        self.path = self.folder / lock_name
         self.purpose = purpose
         self.wait = wait
         self.label = label

@@ -9,15 +9,13 @@ meets MLflow. Everything else is left as it is.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DistillError
+from .lock import FolderLock
 
 SCHEMA_LOCK_WAIT = 120.0  # a new store's full migration takes seconds; minutes only on a badly overloaded disk
 
@@ -40,43 +38,28 @@ def sqlite_path(uri: str) -> Path | None:
 
 @contextmanager
 def schema_lock(uri: str, wait: float = SCHEMA_LOCK_WAIT) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``<db>.lock`` beside a SQLite store while the block first opens it.
+    """Hold an exclusive lock on ``<db>.lock`` beside a SQLite store (:class:`ensemble.lock.FolderLock`) while the
+    block first opens it.
 
     MLflow creates and migrates a new store's schema when a process first opens it; two processes doing so at once
     collide ("table ... already exists", "duplicate column name") and may leave it half-migrated. The kernel drops
     the lock when its holder dies, so a killed process never blocks the next one. Other stores need no lock.
     """
     path = sqlite_path(uri)
-    fd = None
-    if path is not None:
-        lock = path.with_name(path.name + ".lock")
-        try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            fd = None  # a folder this process cannot write: MLflow reports the store itself
+    if path is None:
+        yield
+        return
+    lock = FolderLock(path.parent, f"creating the MLflow store {uri}", wait=wait, label="tracking.uri",
+                      advice="wait for it, or use another store", lock_name=path.name + ".lock")
     try:
-        if fd is not None:
-            _take(fd, lock, uri, wait)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError:
+        pass  # a folder this process cannot write, or a file system without locks: MLflow reports the store itself
+    try:
         yield
     finally:
-        if fd is not None:
-            os.close(fd)  # closing drops the lock
-
-
-def _take(fd: int, lock: Path, uri: str, wait: float) -> None:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise DistillError(f"tracking.uri: {lock} is still held after {wait:.0f} s by another process that "
-                                   f"is creating the MLflow store {uri}; wait for it, or use another store") from None
-            time.sleep(0.1)
-        except OSError:
-            return  # a file system without locks: go on unserialised, as MLflow itself would
+        lock.release()
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
