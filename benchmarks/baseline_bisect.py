@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ensemble.config import TrainConfig
-from ensemble.data import Split, load_dataset
-from ensemble.models import RegisteredModel
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.schema.sections import TrainConfig
+from ensemble.data.split import Split
+from ensemble.data.registry import load_dataset
+from ensemble.models.registry import RegisteredModel
+from ensemble.training.trainer import Trainer, TrainSpec
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "data" / "MNIST" / "raw"

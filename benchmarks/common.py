@@ -14,7 +14,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def mnist(train_limit: int | None = None):
-    from ensemble.data import load_dataset
+    from ensemble.data.registry import load_dataset
 
     return load_dataset("mnist", root=str(REPO.parent / "shared" / "data"), seed=0, train_limit=train_limit)
 

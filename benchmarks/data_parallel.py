@@ -21,7 +21,7 @@ WORK = REPO / "runs" / "data_parallel"
 
 def run(workers: int, data, epochs: int, hidden: list[int]) -> dict:
     from ensemble import Ensemble
-    from ensemble.models import RegisteredModel
+    from ensemble.models.registry import RegisteredModel
 
     out = WORK / f"workers_{workers}"
     shutil.rmtree(out, ignore_errors=True)

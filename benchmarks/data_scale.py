@@ -87,8 +87,8 @@ def pipeline_accuracy(name: str, data: dict) -> dict:
 def child(root: str, in_memory: str, workers: int, decoded_cache: str) -> None:
     """One member, one epoch, in a Ray actor; prints peaks and throughput as JSON (run in its own process)."""
     from ensemble import Ensemble
-    from ensemble.data import load_dataset
-    from ensemble.models import RegisteredModel
+    from ensemble.data.registry import load_dataset
+    from ensemble.models.registry import RegisteredModel
 
     name = "mnist" if root == "mnist" else "imagefolder"
     flag = {"true": True, "false": False}.get(in_memory, in_memory)

@@ -18,11 +18,11 @@ import torch
 from common import mnist, report
 from distill.export import measure_latency
 from distill.objective import DistillationObjective
-from ensemble.teacher import EnsembleOutputs
-from ensemble.config import TrainConfig
-from ensemble.models import RegisteredModel, build_model, count_parameters
-from ensemble.objectives import CrossEntropy
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.training.teacher import EnsembleOutputs
+from ensemble.schema.sections import TrainConfig
+from ensemble.models.registry import RegisteredModel, build_model, count_parameters
+from ensemble.training.objectives import CrossEntropy
+from ensemble.training.trainer import Trainer, TrainSpec
 
 
 def epoch_seconds(objective, factory, data, train: TrainConfig) -> float:

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from ensemble import Ensemble
-from ensemble.config import TrainConfig
-from ensemble.data import Split
-from ensemble.models import RegisteredModel
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.schema.sections import TrainConfig
+from ensemble.data.split import Split
+from ensemble.models.registry import RegisteredModel
+from ensemble.training.trainer import Trainer, TrainSpec
 
 OUT = Path(__file__).resolve().parent / "results" / "gpu.json"
 

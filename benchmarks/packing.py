@@ -34,7 +34,7 @@ LAYOUTS = {  # name: (pack, num_cpus per actor)
 
 def run_layout(name: str, pack: int, num_cpus: float, data, epochs: int) -> dict:
     from ensemble import Ensemble
-    from ensemble.models import RegisteredModel
+    from ensemble.models.registry import RegisteredModel
 
     out = WORK / name.split(" (")[0].replace(" ", "_")
     shutil.rmtree(out, ignore_errors=True)

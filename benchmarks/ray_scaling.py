@@ -17,10 +17,10 @@ from pathlib import Path
 import ray
 
 from common import mnist, report
-from ensemble.config import TrainConfig
-from ensemble.models import RegisteredModel
-from ensemble.runner import Resources, TrainJob, train_many
-from ensemble.trainer import TrainSpec
+from ensemble.schema.sections import TrainConfig
+from ensemble.models.registry import RegisteredModel
+from ensemble.cluster.runner import Resources, TrainJob, train_many
+from ensemble.training.trainer import TrainSpec
 
 
 def run_case(workers: int, members: int, data, train: TrainConfig) -> dict:

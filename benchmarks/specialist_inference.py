@@ -23,7 +23,7 @@ import torch
 from common import REPO, report
 from distill.config import load_config
 from ensemble.stage import load_data, run_ensemble_stage
-from ensemble.trainer import predict_logits
+from ensemble.training.trainer import predict_logits
 from specialists.combine import combine
 from specialists.stage import run_specialist_stage
 
@@ -67,7 +67,7 @@ def main() -> None:
         {"step": "combined (generalist + active specialists + solve)", "seconds": combined_seconds,
          "us_per_example": 1e6 * combined_seconds / n},
     ]
-    from ensemble.models import count_parameters
+    from ensemble.models.registry import count_parameters
 
     report(args.name, rows, {
         "generalist_parameters": count_parameters(specialists.generalist),

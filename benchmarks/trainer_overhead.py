@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from common import mnist, report
-from ensemble.config import TrainConfig
-from ensemble.models import RegisteredModel
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.schema.sections import TrainConfig
+from ensemble.models.registry import RegisteredModel
+from ensemble.training.trainer import Trainer, TrainSpec
 
 
 def bare_loop(factory, data, train: TrainConfig, seed: int) -> list[float]:

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ensemble.config import Section
-from ensemble.errors import ConfigError
-from ensemble.objectives import Objective
+from ensemble.base.errors import ConfigError
+from ensemble.schema.sections import Section
+from ensemble.training.objectives import Objective
 
 from .losses import TeacherOutputs, hard_label_ce
 from .method import Method, MethodContext, MethodPlan, register_method

@@ -8,20 +8,21 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ensemble.calibration import mean_kl, reliability_bins, top1_agreement
-from ensemble.checkpoint import state_fingerprint, tensor_fingerprint
-from ensemble.config import fingerprint
-from ensemble.data import Split
-from ensemble.errors import DataError
-from ensemble.cluster import connect_ray
-from ensemble.estimator import Estimator, output_width
-from ensemble.fit import api_tracking
-from ensemble.quality import check as check_quality
-from ensemble.inputs import as_inputs
-from ensemble.scores import Evaluation, Score
-from ensemble.streaming import as_input, in_order
-from ensemble.teacher import TeacherOutputs, as_teacher, outputs_in_batches
-from ensemble.trainer import TrainResult, TrainSpec, predict_logits
+from ensemble.base.checkpoint import state_fingerprint, tensor_fingerprint
+from ensemble.base.errors import DataError
+from ensemble.base.identity import fingerprint
+from ensemble.cluster.connect import connect_ray
+from ensemble.data.inputs import as_inputs
+from ensemble.data.rows import as_input
+from ensemble.data.split import Split
+from ensemble.data.streaming import in_order
+from ensemble.engine.estimator import Estimator, output_width
+from ensemble.engine.fit import api_tracking
+from ensemble.metrics.calibration import mean_kl, reliability_bins, top1_agreement
+from ensemble.metrics.quality import check as check_quality
+from ensemble.metrics.scores import Evaluation, Score
+from ensemble.training.teacher import TeacherOutputs, as_teacher, outputs_in_batches
+from ensemble.training.trainer import TrainResult, TrainSpec, predict_logits
 from specialists.dustbin import find_head
 
 from .cache import write_targets, write_targets_on_ray
@@ -57,7 +58,7 @@ ALIASES = {"fraction": "transfer.fraction", "omit_classes": "transfer.omit_class
 
 
 class Distiller(Estimator):
-    """Distil ``teacher`` (anything with the :class:`ensemble.teacher.Teacher` protocol, such as an
+    """Distil ``teacher`` (anything with the :class:`ensemble.training.teacher.Teacher` protocol, such as an
     :class:`Ensemble` or a :class:`SpecialistEnsemble`, or any ``nn.Module``) into a student.
 
     Takes the config's ``student`` section whole (:class:`distill.config.StudentConfig`, a dict, or keywords that
@@ -75,7 +76,7 @@ class Distiller(Estimator):
                  *, seed: int = 0, use_cache: bool | None = None, **kwargs):
         """``use_cache``: None uses the teacher's cached outputs when it has them for this training split; True
         requires them (none is an error); False always runs the teacher. Keywords that are not fields of the section
-        are :class:`ensemble.fit.FitOptions` (output_dir, num_cpus, tracking_uri, experiment, ...)."""
+        are :class:`ensemble.engine.fit.FitOptions` (output_dir, num_cpus, tracking_uri, experiment, ...)."""
         aliases = {**ALIASES, **{name: f"method_options.{name}" for name in METHODS}}
         self.config, self.options = self._arguments(StudentConfig, config, kwargs, aliases,
                                                     {"output_dir": "runs/student"})

@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ensemble.errors import DistillError
-from ensemble.records import has_fields, read_json, report_damaged, write_json, writing
-from ensemble.teacher import TeacherOutputs
+from ensemble.base.errors import DistillError
+from ensemble.base.records import has_fields, read_json, report_damaged, write_json, writing
+from ensemble.data.registry import from_numpy, to_numpy
+from ensemble.data.rows import as_input
+from ensemble.data.streaming import in_order
+from ensemble.training.teacher import TeacherOutputs
 
 from .topk import TopK, top_k
 
@@ -208,7 +211,6 @@ def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature:
     """
     import ray
 
-    from ensemble.data import to_numpy
 
     folder = Path(folder)
     existing = reuse_targets(folder)
@@ -233,8 +235,6 @@ def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature:
 def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, top: int | None, rest_samples: int,
                      folder: str, shard: int) -> None:
     """Rows ``start..stop`` of the splits joined end to end, through the teacher, saved as shard ``shard``."""
-    from ensemble.data import from_numpy
-    from ensemble.streaming import as_input, in_order
 
     parts, offset = [], 0
     for split in (from_numpy(d) for d in data):

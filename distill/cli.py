@@ -7,10 +7,20 @@ import logging
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from ensemble.errors import DistillError
+from ensemble.base.errors import DistillError
+from ensemble.base.records import FULL_DISK, storage_error
+from ensemble.metrics.quality import QualityWarning
+from ensemble.schema.loading import Flag
+from ensemble.track.tracking import redact
+
+from .config import dump_config, load_config
+from .pipeline import run
+from .sweep import parse_grid, run_sweep
 
 EXIT_USER_ERROR = 2
 
@@ -51,9 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args):
-    from ensemble.config import Flag
 
-    from .config import load_config
 
     overrides = list(args.overrides)
     # ``is not None``: an empty flag is the user's value (refused by the schema), not a missing one.
@@ -71,7 +79,7 @@ def _raise_interrupt(signum, frame):
 
 # MLflow announces every schema creation and migration of a new SQLite store at INFO, and logs each database error
 # (a damaged store) at ERROR with its SQL before raising it; on the command line that buries the one line that
-# matters (a result, or the error as ensemble.store_errors words it). Quieted here, for the command only: the library
+# matters (a result, or the error as ensemble.track.store_errors words it). Quieted here, for the command only: the library
 # leaves logger levels to its caller.
 CHATTY_LOGGERS = {"mlflow.store.db.utils": logging.CRITICAL, "alembic.runtime.migration": logging.WARNING}
 
@@ -92,11 +100,9 @@ def _quiet(levels: dict[str, int]) -> Iterator[None]:
 
 @contextmanager
 def _quality_lines() -> Iterator[None]:
-    """A :class:`ensemble.quality.QualityWarning` is news about the run, not about the code: one line on stderr,
+    """A :class:`ensemble.metrics.quality.QualityWarning` is news about the run, not about the code: one line on stderr,
     ``warning: ...``, instead of Python's file, line and source. Other warnings show as Python shows them."""
-    import warnings
 
-    from ensemble.quality import QualityWarning
 
     with warnings.catch_warnings():
         python_show = warnings.showwarning
@@ -123,16 +129,13 @@ def _main(args: argparse.Namespace) -> int:
     try:
         config = _resolve(args)
         if args.command == "sweep":
-            from .sweep import parse_grid, run_sweep
 
             config.sweep.grid.update(parse_grid(args.grid))
             run_sweep(config, show_progress=not args.no_progress)
         elif args.command == "config":
-            from .config import dump_config
 
             print(dump_config(config), end="")
         else:
-            from .pipeline import run
 
             run(config, until="student" if args.command == "run" else args.command,
                 show_progress=not args.no_progress)
@@ -155,10 +158,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _os_error_line(err: OSError, config) -> str:
-    from pathlib import Path
 
-    from ensemble.records import FULL_DISK, storage_error
-    from ensemble.tracking import redact
 
     if err.errno in FULL_DISK and err.filename:
         return str(storage_error(Path(err.filename), err))

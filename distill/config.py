@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import re
+import sys
 from pathlib import Path
-
 from typing import Literal
 
+import cloudpickle
 from pydantic import Field, field_validator, model_validator
 
-from ensemble.config import (
-    ModelConfig, ResourcesConfig, Section, StageConfig, TrainConfig, dump_config, fingerprint, load_config as _load,
-)
-from ensemble.errors import ConfigError
-from ensemble.fields import NonEmpty, Plugin, plugin
+from ensemble.base.errors import ConfigError
+from ensemble.base.fields import NonEmpty, Plugin, plugin
+from ensemble.base.identity import fingerprint
+from ensemble.config import StageConfig
+from ensemble.schema.loading import dump_config
+from ensemble.schema.loading import load_config as _load
+from ensemble.schema.sections import ModelConfig, ResourcesConfig, Section, TrainConfig
 from specialists.config import SpecialistsConfig
+
+from .formats import FORMATS
+from .losses import LOSSES
+from .method import METHODS, build_method
+from .plugins import recording
+from .teachers import TEACHERS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
 
@@ -89,7 +101,6 @@ class StudentConfig(Section):
     @classmethod
     def _gather_method_options(cls, tree):
         """``student.<method name>: {...}`` in YAML (or ``--set``) holds that method's settings."""
-        from .method import METHODS
 
         # Anything but a mapping is left to the field's own validation, which names student.method_options.
         if isinstance(tree, dict) and isinstance(tree.get("method_options") or {}, dict):
@@ -102,8 +113,6 @@ class StudentConfig(Section):
 
     @model_validator(mode="after")
     def _known_method_and_teacher(self) -> "StudentConfig":
-        from .method import build_method
-        from .teachers import TEACHERS
 
         if self.teacher not in TEACHERS:
             raise ValueError(f"student.teacher: unknown teacher {self.teacher!r}; expected one of {sorted(TEACHERS)} "
@@ -119,7 +128,6 @@ class StudentConfig(Section):
     @field_validator("export")
     @classmethod
     def _known_formats(cls, names: list[str]) -> list[str]:
-        from .formats import FORMATS
 
         unknown = [name for name in names if name not in FORMATS]
         if unknown:
@@ -129,7 +137,6 @@ class StudentConfig(Section):
     @field_validator("registered_alias")
     @classmethod
     def _usable_alias(cls, alias: str | None) -> str | None:
-        import re
 
         if alias is not None and (alias.lower() == "latest" or re.fullmatch(r"v\d+", alias, re.IGNORECASE)):
             raise ValueError(f"{alias!r} is reserved by MLflow (models:/NAME/latest already means the newest "
@@ -139,7 +146,6 @@ class StudentConfig(Section):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, name: str) -> str:
-        from .losses import LOSSES
 
         if name not in LOSSES:
             raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
@@ -192,10 +198,8 @@ def import_plugin(name: str, config_dir: Path | None = None):
     """Import a module by dotted name, or a ``.py`` file (relative to the config's folder, else the working
     folder). Its classes are pickled by value, so Ray actors on any node get them without installing the file;
     what it registers is recorded for workers that look names up themselves (:mod:`distill.plugins`)."""
-    import cloudpickle
     from ray import cloudpickle as ray_cloudpickle
 
-    from .plugins import recording
 
     try:
         with recording():
@@ -211,9 +215,6 @@ def import_plugin(name: str, config_dir: Path | None = None):
 
 
 def _import(name: str, config_dir: Path | None):
-    import importlib
-    import importlib.util
-    import sys
 
     if not name.endswith(".py"):
         return importlib.import_module(name)

@@ -6,18 +6,22 @@ import copy
 import math
 import os
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from torch import nn
 
-from ensemble.errors import DistillError
-from ensemble.store_errors import store_errors
-from ensemble.tracking import Tracker, redact
+from ensemble.base.errors import DistillError
+from ensemble.data.rows import as_input
+from ensemble.track.store_errors import store_errors
+from ensemble.track.tracking import Tracker, redact
 
 _URI_LOCK = threading.RLock()  # the URIs are process-wide: two threads must not swap them under each other
 
@@ -145,7 +149,6 @@ def publish_api_student(distiller, options, val) -> dict | None:
     """The Python API's student as an MLflow model in its run, as the CLI logs it, registered only when the
     ``registered_model`` setting was given. None when nothing is tracked, or when the caller passed its own tracker
     (the CLI and sweeps, which publish their students themselves)."""
-    from ensemble.streaming import as_input
 
     run_id = distiller.run_ids_.get("student")
     if distiller.options.tracker is not None or options.tracker is None or not run_id:
@@ -195,10 +198,8 @@ def _link_to_run(client, run_id: str, model_id: str) -> None:
 
 def _save_model_artifacts(client, logged, run_id: str, model: nn.Module, example: torch.Tensor) -> None:
     """Save an eval-mode CPU copy in MLflow's pytorch format locally, then upload it as the LoggedModel's files."""
-    import tempfile
 
     import mlflow.pytorch
-    import numpy as np
     from mlflow.models import Model, infer_signature
 
     frozen = _frozen_cpu_copy(model)
@@ -228,7 +229,6 @@ def _register(client, name: str, logged, run_id: str, uri: str) -> str:
     ``SqlAlchemyStore.create_model_version``), so it is given what it would resolve it to: the model's artifact
     location, as ``MlflowClient`` itself does for registries without ``models:/`` sources.
     """
-    from urllib.parse import urlparse
 
     from mlflow.exceptions import MlflowException
 

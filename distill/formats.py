@@ -4,7 +4,7 @@ exporter, run by onnxruntime) and ``torchscript`` (deprecated by PyTorch; on req
 Every format is written from an eval-mode CPU copy with a dynamic batch dimension, loaded back the way a user
 would load it, and run on two batch sizes: a file whose outputs differ from the eager model's by more than
 :data:`EXPORT_TOLERANCE` is an error, never a warning. The model carries its own input normalisation
-(:class:`ensemble.transforms.NormalizedModel`), so every format takes raw inputs.
+(:class:`ensemble.data.transforms.NormalizedModel`), so every format takes raw inputs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ensemble.errors import ConfigError, ModelError, StorageError
-from ensemble.records import writing
+from ensemble.base.errors import ConfigError, ModelError, StorageError
+from ensemble.base.records import writing
 
 from .export import _first_line, _frozen_cpu_copy
 

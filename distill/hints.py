@@ -14,12 +14,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ensemble.checkpoint import state_fingerprint
-from ensemble.config import Section
-from ensemble.errors import ConfigError
-from ensemble.models import factory_identity
-from ensemble.objectives import Objective
-from ensemble.trainer import TrainSpec
+from ensemble.base.checkpoint import state_fingerprint
+from ensemble.base.errors import ConfigError
+from ensemble.models.registry import factory_identity
+from ensemble.schema.sections import Section
+from ensemble.training.objectives import Objective
+from ensemble.training.trainer import TrainSpec
 
 from .method import Method, MethodContext, MethodPlan, register_method
 

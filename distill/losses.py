@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ensemble.errors import ConfigError
-from ensemble.teacher import TeacherOutputs
+from ensemble.base.errors import ConfigError
+from ensemble.training.teacher import TeacherOutputs
 
 from .topk import topk_soft_target_kl
 

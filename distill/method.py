@@ -14,13 +14,14 @@ from typing import Callable
 
 from torch import nn
 
-from ensemble.config import Section, TrainConfig, validate_config
-from ensemble.data import Split
-from ensemble.errors import ConfigError
-from ensemble.fit import FitOptions, Fitted, fit_specs
-from ensemble.objectives import Objective
-from ensemble.teacher import Teacher
-from ensemble.trainer import TrainResult, TrainSpec
+from ensemble.base.errors import ConfigError
+from ensemble.data.split import Split
+from ensemble.engine.fit import FitOptions, Fitted, fit_specs
+from ensemble.schema.loading import validate_config
+from ensemble.schema.sections import Section, TrainConfig
+from ensemble.training.objectives import Objective
+from ensemble.training.teacher import Teacher
+from ensemble.training.trainer import TrainResult, TrainSpec
 
 from .objective import DistillationObjective
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from ensemble.errors import ConfigError
+from ensemble.base.errors import ConfigError
+
+from .teachers import TEACHERS
 
 # (switch, why) per command and per stage switch
 COMMAND_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -34,7 +36,6 @@ def switch(config, key: str, who: str = "a need") -> bool:
 
 def wanted(config, command: str) -> list[tuple[str, str, str]]:
     """(switch, who needs it, why) for what ``command`` runs with this config, dependencies included."""
-    from .teachers import TEACHERS
 
     stages = COMMAND_STAGES[command]
     needs = [(key, f"distill {command}", why) for key, why in COMMAND_NEEDS.get(command, ())]

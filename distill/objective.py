@@ -8,8 +8,8 @@ import inspect
 import torch
 from torch import nn
 
-from ensemble.errors import ConfigError
-from ensemble.objectives import Objective
+from ensemble.base.errors import ConfigError
+from ensemble.training.objectives import Objective
 
 from .losses import TeacherOutputs, get_loss
 

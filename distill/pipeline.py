@@ -6,17 +6,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ensemble.checkpoint import make_output_dir
-from ensemble.lock import FolderLock
-from ensemble.records import read_json, report_damaged, write_json, write_text
+from ensemble.base.checkpoint import make_output_dir
+from ensemble.base.lock import FolderLock
+from ensemble.base.records import read_json, report_damaged, write_json, write_text
 from ensemble.stage import load_data, run_ensemble_stage
-from ensemble.tracking import Tracker, dataset_inputs, redact
+from ensemble.track.tracking import Tracker, dataset_inputs, redact
 from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash, dump_config
 from .needs import check_needs
-from .results import MlflowSection, Results
 from .report import print_ensemble_summary, print_specialists_summary, print_summary, summary_rows, write_report
+from .results import MlflowSection, Results
+from .stage import run_student_stage
 
 STAGES = ("ensemble", "specialists", "student")
 COMMANDS = {"ensemble": "ensemble", "specialists": "specialists", "student": "run"}  # the CLI command of each
@@ -69,7 +70,6 @@ def _run(config: Config, until: str, show_progress: bool, output_dir: Path) -> R
                                                                 output_dir, tracker, parent_id, show_progress)
             sections.update(more)
         if "student" in stages and config.student.enabled:
-            from .stage import run_student_stage
 
             trained["student"], more = run_student_stage(config, data, ensemble, trained.get("specialists"),
                                                          output_dir, tracker, parent_id, show_progress)

@@ -44,7 +44,7 @@ def accuracy_per_model(rows: list[dict]) -> Figure:
 
 
 def plot_reliability(curves: dict[str, list[dict]], title: str) -> Figure:
-    """Reliability diagram: per confidence bin (:func:`ensemble.calibration.reliability_bins`), accuracy against
+    """Reliability diagram: per confidence bin (:func:`ensemble.metrics.calibration.reliability_bins`), accuracy against
     mean confidence, one line per model; the diagonal is perfect calibration. Right: how many examples per bin."""
     fig = Figure(figsize=(11, 4.5))
     acc_ax, count_ax = fig.subplots(1, 2)

@@ -11,17 +11,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ensemble.data.registry import DATASETS
+from ensemble.models.registry import MODELS
+
+from .formats import FORMATS
+from .losses import LOSSES
+from .method import METHODS
+from .teachers import TEACHERS
+
 _ADDED: dict[str, dict[str, Any]] = {}  # registry -> name -> what a plugin registered under it
 
 
 def registries() -> dict[str, dict]:
-    from ensemble.data import DATASETS
-    from ensemble.models import MODELS
 
-    from .formats import FORMATS
-    from .losses import LOSSES
-    from .method import METHODS
-    from .teachers import TEACHERS
 
     return {"datasets": DATASETS, "models": MODELS, "losses": LOSSES, "methods": METHODS, "teachers": TEACHERS,
             "formats": FORMATS}

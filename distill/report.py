@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ensemble.records import write_text
-from ensemble.scores import SCORE_KEYS
+from ensemble.base.records import write_text
+from ensemble.metrics.scores import SCORE_KEYS
+from ensemble.models.registry import count_parameters
 
+from .plots import accuracy_per_model, training_curves
 from .results import Results, SummaryRow
 
 
 def wide_console() -> Console:
     """The terminal's width on a terminal; 160 columns when piped (a log, a CI job, a Ray job's output), where
     rich would otherwise squeeze the tables into 80."""
-    import sys
 
     return Console() if sys.stdout.isatty() else Console(width=160)
 
@@ -72,7 +74,6 @@ def print_specialists_summary(results: Results, console: Console | None = None) 
 def summary_rows(results: Results, trained: dict) -> list[SummaryRow]:
     """One row per model of the pipeline: test accuracy, errors, NLL, ECE, Brier, agreement with the teacher
     (students), parameters, CPU latency per batch."""
-    from ensemble.models import count_parameters
 
     ensemble, ens, student = trained["ensemble"], results.ensemble, results.student
     member_params = count_parameters(ensemble.members_[0])
@@ -126,7 +127,7 @@ def _quality_cell(row: SummaryRow) -> str:
 
 
 def quality_lines(results: Results) -> list[str]:
-    """Every quality warning of the summary's models (:mod:`ensemble.quality`), one line each, in its order."""
+    """Every quality warning of the summary's models (:mod:`ensemble.metrics.quality`), one line each, in its order."""
     return list(dict.fromkeys(line for row in results.summary or [] for line in row.warnings))
 
 
@@ -159,7 +160,6 @@ def print_summary(results: Results, console: Console | None = None) -> None:
 
 def write_report(results: Results, trained: dict, data, output_dir) -> list:
     """``report.md`` with the summary table and plots (training curves, class matrix, accuracy per model)."""
-    from .plots import accuracy_per_model, training_curves
 
     output_dir = Path(output_dir)
     figures = output_dir / "report"

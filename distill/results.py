@@ -66,7 +66,7 @@ class StudentSection(Record):
     left_out_test_examples: int | None = None
     left_out_test_errors_before_shift: int | None = None
     left_out_test_errors: int | None = None
-    # the quality guard (ensemble.quality): "ok" or what is wrong, and the lines why; baseline_* for the baseline
+    # the quality guard (ensemble.metrics.quality): "ok" or what is wrong, and the lines why; baseline_* for the baseline
     quality: str | None = None
     warnings: list[str] = Field(default_factory=list)
     baseline_quality: str | None = None
@@ -83,7 +83,7 @@ class SummaryRow(Record):
     agreement: float | None = None  # students: top-1 agreement with their teacher
     params: int
     latency_ms: float | None = None
-    quality: str | None = None  # "ok", "at chance", "far below baseline" (ensemble.quality); None: not assessed
+    quality: str | None = None  # "ok", "at chance", "far below baseline" (ensemble.metrics.quality); None: not assessed
     warnings: list[str] = Field(default_factory=list)
 
 

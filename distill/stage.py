@@ -5,22 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ensemble.api import Ensemble
-from ensemble.data import DatasetSplits
-from ensemble.streaming import as_input
-from ensemble.teacher import Teacher
-from ensemble.models import RegisteredModel, count_parameters
+from ensemble.data.rows import as_input
+from ensemble.data.split import DatasetSplits
+from ensemble.models.registry import RegisteredModel, count_parameters
 from ensemble.stage import fit_options
-from ensemble.tracking import Tracker
-from ensemble.trainer import learning_curves
+from ensemble.track.tracking import Tracker
+from ensemble.training.teacher import Teacher
+from ensemble.training.trainer import learning_curves
 from specialists.api import SpecialistEnsemble
 
 from .api import Distiller
-from .teachers import TrainedStages, build_teacher
 from .config import Config
 from .export import measure_latency, publish_student
 from .formats import FORMATS
 from .plots import plot_reliability
 from .results import StudentSection
+from .teachers import TrainedStages, build_teacher
 
 LATENCY_BATCH = 256
 FOLLOWING = ("agreement", "kl_from_teacher", "baseline_agreement", "baseline_kl_from_teacher")

@@ -14,20 +14,26 @@ import itertools
 import json
 from pathlib import Path
 
+import torch
 import yaml
 
-from ensemble.checkpoint import make_output_dir
-from ensemble.cluster import connect_ray
-from ensemble.config import apply_overrides, validate_config
-from ensemble.errors import ConfigError, DistillError
-from ensemble.lock import FolderLock
-from ensemble.records import write_text
+from ensemble.base.checkpoint import make_output_dir
+from ensemble.base.errors import ConfigError, DistillError
+from ensemble.base.lock import FolderLock
+from ensemble.base.records import write_text
+from ensemble.cluster.connect import connect_ray
+from ensemble.schema.loading import apply_overrides, validate_config
 from ensemble.stage import load_data, run_ensemble_stage
-from ensemble.tracking import Tracker, redact
+from ensemble.track.tracking import Tracker, redact
+from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash
 from .needs import check_needs
-from .plugins import registered
+from .pipeline import update_results
+from .plugins import install, registered
+from .stage import build_distiller, choose_teacher
+from .sweep_report import plot_sweep, print_sweep, sweep_rows
+from .teachers import TEACHERS
 
 SELECTION_METRIC = "val_accuracy"  # trials are ranked on validation data; the test split is only reported
 
@@ -80,11 +86,8 @@ def check_grid(config: Config) -> list[dict]:
 def _trial(params: dict, *, base: dict, data, teacher, tracking: tuple, parent_id: str, output_dir: str,
            threads: int, plugins: dict) -> None:
     """One Tune trial: the configured student stage with ``params`` applied, trained in this worker."""
-    import torch
     from ray import tune
 
-    from .plugins import install
-    from .stage import build_distiller
 
     torch.set_num_threads(threads)
     install(plugins)  # this worker validates the trial's config and builds its student: the plugins' names too
@@ -169,14 +172,10 @@ def run_sweep(config: Config, show_progress: bool = True) -> dict:
 def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: bool) -> dict:
     from ray import tune
 
-    from .pipeline import update_results
-    from .sweep_report import plot_sweep, print_sweep, sweep_rows
-    from .teachers import TEACHERS
 
     needs_specialists = TEACHERS[config.student.teacher].needs_specialists
     data = load_data(config)  # read and checked before any MLflow work, as in distill run
     if needs_specialists:
-        from specialists.stage import check_section
 
         check_section(config.specialists, data)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
@@ -187,12 +186,10 @@ def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: 
         ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
         specialists = None
         if needs_specialists:
-            from specialists.stage import run_specialist_stage
 
             specialists, more = run_specialist_stage(config, config.specialists, data, ensemble, output_dir,
                                                      tracker, parent_id, show_progress)
             sections.update(more)
-        from .stage import choose_teacher
 
         teacher = _portable(choose_teacher(config, ensemble, specialists))
         connect_ray(config.ray.address, config.ray.num_cpus, config.ray.num_gpus)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -40,7 +41,6 @@ def plot_sweep(rows: list[dict], keys: list[str], folder: Path) -> list[Path]:
 
     Drawn on :class:`matplotlib.figure.Figure` objects, not pyplot: the caller's backend and figures are untouched.
     """
-    import numpy as np
     from matplotlib.figure import Figure
 
     if len(keys) == 1:

@@ -1,4 +1,4 @@
-"""Teachers by name for the config (``student.teacher``): each builds a :class:`ensemble.teacher.Teacher` from the
+"""Teachers by name for the config (``student.teacher``): each builds a :class:`ensemble.training.teacher.Teacher` from the
 stages the pipeline trained. Register your own with :func:`register_teacher`; the protocol is all a teacher needs.
 """
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ensemble.api import Ensemble
-from ensemble.errors import ConfigError
-from ensemble.teacher import ModuleTeacher, Teacher
+from ensemble.base.errors import ConfigError
+from ensemble.training.teacher import ModuleTeacher, Teacher
 from specialists.api import SpecialistEnsemble
 
 

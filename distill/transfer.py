@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ensemble.checkpoint import tensor_fingerprint
-from ensemble.errors import ConfigError
+from ensemble.base.checkpoint import tensor_fingerprint
+from ensemble.base.errors import ConfigError
 
 
 def transfer_indices(

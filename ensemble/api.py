@@ -8,16 +8,19 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import EnsembleConfig, TrainConfig, fingerprint
-from .data import Split
-from .errors import ConfigError
-from .estimator import Estimator
-from .fit import api_tracking, fit_specs
-from .quality import check as check_quality
-from .scores import Evaluation, Score
-from .soft_targets import Mean, ensemble_probs
-from .teacher import EnsembleOutputs, TeacherOutputs, members_outputs
-from .trainer import TrainResult, TrainSpec, predict_logits
+from ensemble.base.errors import ConfigError
+from ensemble.base.identity import fingerprint
+from ensemble.config import EnsembleConfig
+from ensemble.data.split import Split
+from ensemble.engine.estimator import Estimator
+from ensemble.engine.fit import api_tracking, fit_specs
+from ensemble.metrics.quality import check as check_quality
+from ensemble.metrics.scores import Evaluation, Score
+from ensemble.schema.loading import validate_config
+from ensemble.schema.sections import TrainConfig
+from ensemble.training.soft_targets import Mean, ensemble_probs
+from ensemble.training.teacher import EnsembleOutputs, TeacherOutputs, members_outputs
+from ensemble.training.trainer import TrainResult, TrainSpec, predict_logits
 
 GENERALIST_SEED_OFFSET = 1000
 
@@ -57,7 +60,7 @@ class Ensemble(Estimator):
         hflip: bool = False,
         **kwargs,
     ):
-        """Keywords that are not fields of the section are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus,
+        """Keywords that are not fields of the section are :class:`ensemble.engine.fit.FitOptions`: output_dir, num_cpus,
         num_gpus, tracking_uri, experiment, ... (``num_cpus``/``num_gpus`` default to the section's resources)."""
         self.config, self.options = self._arguments(EnsembleConfig, config, kwargs, {"n_members": "members"})
         if isinstance(members, Sequence):
@@ -95,7 +98,7 @@ class Ensemble(Estimator):
 
     def fit(self, train, val, test=None, num_classes: int | None = None) -> "Ensemble":
         """Each split an ``(x, y)`` pair of arrays or tensors, a :class:`Split` or a map-style dataset
-        (:mod:`ensemble.inputs`); ``num_classes`` defaults to the largest training label + 1."""
+        (:mod:`ensemble.data.inputs`); ``num_classes`` defaults to the largest training label + 1."""
         splits = self._fit_splits(train, val, test)
         self.num_classes_ = num_classes or int(splits["train"].y.max()) + 1
         self._check_labels(splits, self.num_classes_)
@@ -135,7 +138,7 @@ class Ensemble(Estimator):
         cached = self.cached_logits(split)
         return torch.stack([cached[f"member_{i}"] for i in range(len(self.members_))])
 
-    # --- the Teacher protocol (ensemble.teacher) ---
+    # --- the Teacher protocol (ensemble.training.teacher) ---
 
     def teacher_name(self) -> str:
         return "ensemble"
@@ -179,7 +182,6 @@ class Ensemble(Estimator):
 def as_train_config(train: TrainConfig | dict | None) -> TrainConfig:
     if isinstance(train, TrainConfig):
         return train
-    from .config import validate_config
 
     return validate_config(TrainConfig, train or {}, "train")
 

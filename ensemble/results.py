@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .scores import SCORE_KEYS
+from ensemble.metrics.scores import SCORE_KEYS
 
 
 class Record(BaseModel):
@@ -15,7 +15,7 @@ class Record(BaseModel):
 
 class Trained(Record):
     """Whether a model was trained now, resumed from a checkpoint, or reused finished from disk, and whether it
-    learned anything (:mod:`ensemble.quality`: ``quality`` "ok" or what is wrong, ``warnings`` the lines why)."""
+    learned anything (:mod:`ensemble.metrics.quality`: ``quality`` "ok" or what is wrong, ``warnings`` the lines why)."""
 
     reused: bool = False
     resumed_from_epoch: int = 0

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .api import Ensemble
-from .config import ResourcesConfig, StageConfig
-from .data import DatasetSplits, load_dataset
-from .models import RegisteredModel
-from .results import EnsembleSection, ModelRow
-from .scores import SCORE_KEYS, Score
-from .soft_targets import ensemble_probs
-from .transforms import channel_stats
-from .tracking import Tracker
-from .trainer import learning_curves
+from ensemble.api import Ensemble
+from ensemble.config import StageConfig
+from ensemble.data.registry import load_dataset
+from ensemble.data.split import DatasetSplits
+from ensemble.data.transforms import channel_stats
+from ensemble.metrics.scores import SCORE_KEYS, Score
+from ensemble.models.registry import RegisteredModel
+from ensemble.results import EnsembleSection, ModelRow
+from ensemble.schema.sections import ResourcesConfig
+from ensemble.track.tracking import Tracker
+from ensemble.training.soft_targets import ensemble_probs
+from ensemble.training.trainer import learning_curves
 
 
 def load_data(config: StageConfig) -> DatasetSplits:
@@ -27,7 +29,7 @@ def load_data(config: StageConfig) -> DatasetSplits:
 
 def fit_options(config: StageConfig, resources: ResourcesConfig, output_dir: Path, tracker: Tracker | None,
                 parent_run_id: str | None, show_progress: bool) -> dict:
-    """The :class:`ensemble.fit.FitOptions` every stage passes: where, on what resources, tracked where."""
+    """The :class:`ensemble.engine.fit.FitOptions` every stage passes: where, on what resources, tracked where."""
     return {
         "output_dir": output_dir, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
         "workers_per_model": resources.workers_per_model,
@@ -63,7 +65,7 @@ def run_ensemble_stage(
 
 def model_row(result, run_id: str | None, test_labels, verdict: dict | None = None) -> ModelRow:
     """A model's row, scored from its cached test logits (so a model reused from an older run gets every score);
-    ``verdict``: its quality (:func:`ensemble.quality.assess`)."""
+    ``verdict``: its quality (:func:`ensemble.metrics.quality.assess`)."""
     m = result.metrics
     return ModelRow(name=result.name, **Score.from_logits(result.logits["test"], test_labels).fields("test_"),
                     val_accuracy=m["val_accuracy"], epochs_trained=m["epochs_trained"],

@@ -9,18 +9,18 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ensemble.checkpoint import state_fingerprint
-from ensemble.config import fingerprint
-from ensemble.errors import ConfigError
-from ensemble.estimator import Estimator, output_width
-from ensemble.fit import api_tracking, fit_specs
-from ensemble.quality import check as check_quality
-from ensemble.scores import Evaluation, Score
-from ensemble.trainer import TrainResult, TrainSpec, predict_logits
+from ensemble.base.checkpoint import state_fingerprint
+from ensemble.base.errors import ConfigError
+from ensemble.base.identity import fingerprint
+from ensemble.engine.estimator import Estimator, output_width
+from ensemble.engine.fit import api_tracking, fit_specs
+from ensemble.metrics.quality import check as check_quality
+from ensemble.metrics.scores import Evaluation, Score
+from ensemble.training.trainer import TrainResult, TrainSpec, predict_logits
 
 from .combine import active_specialists, combine
-from .dustbin import GroupSampler, build_specialist, dustbin_correction, dustbin_target_map, find_head
 from .config import CombineConfig, SpecialistsConfig
+from .dustbin import GroupSampler, build_specialist, dustbin_correction, dustbin_target_map, find_head
 from .grouping import class_matrix, cluster_classes, resolve_groups
 from .teacher import SpecialistOutputs
 
@@ -50,7 +50,7 @@ class SpecialistEnsemble(Estimator):
         hflip: bool = False,
         **kwargs,
     ):
-        """Keywords that are not fields of the section are :class:`ensemble.fit.FitOptions`: output_dir, num_cpus,
+        """Keywords that are not fields of the section are :class:`ensemble.engine.fit.FitOptions`: output_dir, num_cpus,
         num_gpus, tracking_uri, experiment, ... (``num_cpus``/``num_gpus`` default to the section's resources)."""
         aliases = {"n_specialists": "count", **{name: f"combine.{name}" for name in CombineConfig.model_fields}}
         self.config, self.options = self._arguments(SpecialistsConfig, config, kwargs, aliases,
@@ -154,7 +154,7 @@ class SpecialistEnsemble(Estimator):
             specialist_probs.append(probs)
         return generalist_probs, specialist_probs, groups, active
 
-    # --- the Teacher protocol (ensemble.teacher) ---
+    # --- the Teacher protocol (ensemble.training.teacher) ---
 
     def teacher_name(self) -> str:
         return "specialists"

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ensemble.config import ResourcesConfig, Section, TrainConfig
-from ensemble.fields import NonEmpty
+from ensemble.base.fields import NonEmpty
+from ensemble.schema.sections import ResourcesConfig, Section, TrainConfig
 
 
 def _specialist_train() -> TrainConfig:

@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ensemble.checkpoint import tensor_fingerprint
-from ensemble.errors import ModelError
+from ensemble.base.checkpoint import tensor_fingerprint
+from ensemble.base.errors import ModelError
 
 
 def dustbin_target_map(group: list[int], num_classes: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ class GroupSampler:
         return both[torch.randperm(len(both), generator=generator)]
 
     def for_final_fit(self, labels: torch.Tensor, n_train: int) -> "GroupSampler":
-        """The same group over train + validation labels (``ensemble.final_fit``)."""
+        """The same group over train + validation labels (``ensemble.training.final_fit``)."""
         return GroupSampler(labels, self.group)
 
     def identity(self) -> dict:

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from ensemble.errors import ConfigError
+from ensemble.base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ensemble.api import Ensemble
+from ensemble.base.errors import ConfigError
+from ensemble.base.records import write_json
 from ensemble.config import StageConfig
-from ensemble.data import DatasetSplits
-from ensemble.errors import ConfigError
-from ensemble.records import write_json
+from ensemble.data.split import DatasetSplits
 from ensemble.stage import fit_options
-from ensemble.tracking import Tracker
+from ensemble.track.tracking import Tracker
 
 from .api import SpecialistEnsemble
 from .config import SpecialistsConfig

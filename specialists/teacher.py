@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ensemble.soft_targets import temperature_softmax
-from ensemble.teacher import TeacherOutputs
+from ensemble.training.soft_targets import temperature_softmax
+from ensemble.training.teacher import TeacherOutputs
 
 from .combine import active_specialists, combine
 

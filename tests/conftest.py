@@ -47,7 +47,7 @@ def tracking_uri(tmp_path) -> str:
 
 @pytest.fixture(scope="session")
 def digits():
-    from ensemble.data import load_dataset
+    from ensemble.data.registry import load_dataset
 
     return load_dataset("digits", seed=0)
 

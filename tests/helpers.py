@@ -23,13 +23,13 @@ def start_ray(num_cpus: int = 2, num_gpus: int | None = None) -> None:
 
 
 def small_mlp_factory(input_shape, num_classes, hidden=(32,)):
-    from ensemble.models import RegisteredModel
+    from ensemble.models.registry import RegisteredModel
 
     return RegisteredModel("mlp", tuple(input_shape), num_classes, {"hidden": list(hidden)})
 
 
 def quick_train(epochs: int = 3, **overrides):
-    from ensemble.config import TrainConfig
+    from ensemble.schema.sections import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=64, **overrides)
 

@@ -11,7 +11,7 @@ from helpers import quick_train, small_mlp_factory
 
 from distill import Distiller
 from ensemble import Ensemble
-from ensemble.errors import ConfigError, DistillError
+from ensemble.base.errors import ConfigError, DistillError
 from specialists import SpecialistEnsemble
 
 QUIET = {"in_process": True, "show_progress": False}

@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from distill import Distiller
 from ensemble import Ensemble
-from ensemble.fit import TRACKING_ENVIRONMENT
+from ensemble.engine.fit import TRACKING_ENVIRONMENT
 from helpers import quick_train, small_mlp_factory
 from specialists import SpecialistEnsemble
 

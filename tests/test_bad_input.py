@@ -19,14 +19,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from distill.cli import main
-from ensemble.checkpoint import load_verified, save_verified
-from ensemble.models import build_model
+from ensemble.base.checkpoint import load_verified, save_verified
+from ensemble.models.registry import build_model
 from servers import free_port, run_distill
 
 CASE_SECONDS = 30
 # A user's model that forgot to size its head to the dataset, registered in the CLI's own process.
 SEVEN_OUTPUTS = (
-    "import sys, numpy as np; from torch import nn; from ensemble.models import register_model; "
+    "import sys, numpy as np; from torch import nn; from ensemble.models.registry import register_model; "
     "register_model('seven_outputs')(lambda input_shape, num_classes, **p: "
     "nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 7))); "
     "from distill.cli import main; sys.exit(main())"

@@ -7,7 +7,7 @@ import torch
 from distill import Distiller
 from distill.cache import ShardedTargets, write_targets
 from ensemble import Ensemble
-from ensemble.teacher import TeacherOutputs
+from ensemble.training.teacher import TeacherOutputs
 from helpers import quick_train, small_mlp_factory
 
 
@@ -69,8 +69,8 @@ def test_a_student_trains_from_top_k_targets_on_disk_named_by_what_defines_them(
 
 def test_shards_written_by_ray_tasks_equal_those_written_here(tmp_path, ray_cpu):
     from distill.cache import write_targets_on_ray
-    from ensemble.data import Split
-    from ensemble.teacher import ModuleOutputs
+    from ensemble.data.split import Split
+    from ensemble.training.teacher import ModuleOutputs
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 6))

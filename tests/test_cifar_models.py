@@ -6,9 +6,9 @@ import torch
 from distill import Distiller
 from distill.config import load_config
 from ensemble import Ensemble
-from ensemble.data import Split
-from ensemble.models import RegisteredModel, build_model, count_parameters
-from ensemble.transforms import channel_stats
+from ensemble.data.split import Split
+from ensemble.models.registry import RegisteredModel, build_model, count_parameters
+from ensemble.data.transforms import channel_stats
 
 # RepDistiller's parameter counts for 100 classes.
 PARAMETERS = {"resnet8x4": 1_233_540, "resnet32x4": 7_433_860, "wrn_16_2": 703_284, "wrn_40_2": 2_255_156}

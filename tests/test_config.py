@@ -7,7 +7,7 @@ import yaml
 
 from distill.cli import main
 from distill.config import DEFAULT_CONFIG, Config, load_config
-from ensemble.errors import ConfigError
+from ensemble.base.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from ensemble.data import Split, check_split, jitter, load_dataset, materialize
-from ensemble.errors import DataError
+from ensemble.data.split import Split, check_split
+from ensemble.data.augment import jitter
+from ensemble.data.registry import load_dataset, materialize
+from ensemble.base.errors import DataError
 
 
 def test_digits_split_is_seeded_disjoint_and_complete(digits):

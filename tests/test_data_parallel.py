@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ensemble import Ensemble
-from ensemble.errors import ResourceError
-from ensemble.models import RegisteredModel
+from ensemble.base.errors import ResourceError
+from ensemble.models.registry import RegisteredModel
 
 
 def _config(workers: int, epochs: int = 2) -> dict:

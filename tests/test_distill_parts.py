@@ -7,11 +7,11 @@ from torch import nn
 from distill.losses import LOSSES, TeacherOutputs, register_loss
 from distill.objective import DistillationObjective
 from distill.transfer import SubsetSampler, choose_bias_shift, left_out_classes, shifted, transfer_indices
-from ensemble.errors import ConfigError
+from ensemble.base.errors import ConfigError
 from ensemble.api import Ensemble
-from ensemble.data import Split
-from ensemble.teacher import as_teacher
-from ensemble.trainer import TrainResult
+from ensemble.data.split import Split
+from ensemble.training.teacher import as_teacher
+from ensemble.training.trainer import TrainResult
 from specialists.teacher import specialist_outputs
 
 

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from distill import Distiller
 from distill.export import mlflow_uri_scope
 from ensemble import Ensemble
-from ensemble.errors import DataError, ModelError
+from ensemble.base.errors import DataError, ModelError
 
 from helpers import distill, quick_train, small_mlp_factory
 from servers import model_server

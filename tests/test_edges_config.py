@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from distill.cli import main
 from distill.config import Config, load_config
-from ensemble.errors import ConfigError
+from ensemble.base.errors import ConfigError
 from helpers import runs_of
 from servers import run_distill
 
@@ -102,7 +102,7 @@ def test_a_leading_tilde_is_the_home_folder_in_every_path_field(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / "home_plugin.py").write_text(
-        "from distill import register_teacher\nfrom ensemble.teacher import ModuleTeacher\n\n"
+        "from distill import register_teacher\nfrom ensemble.training.teacher import ModuleTeacher\n\n"
         "@register_teacher('from_home')\ndef from_home(stages, config):\n"
         "    return ModuleTeacher(stages.ensemble.members_[0], 'from_home')\n")
     config = tmp_path / "tilde.yaml"

@@ -19,9 +19,9 @@ import torch
 from servers import run_distill
 from torchvision.io import write_png
 
-from ensemble.data import load_dataset
-from ensemble.errors import DataError
-from ensemble.streaming import as_input
+from ensemble.data.registry import load_dataset
+from ensemble.base.errors import DataError
+from ensemble.data.rows import as_input
 
 CASE_SECONDS = 30
 BASE = ["--set", "ensemble.members=1", "--set", "ensemble.train.epochs=1", "--set", "generalist.enabled=false",

@@ -20,8 +20,8 @@ from torch import nn
 from distill import Distiller
 from distill.cli import main
 from ensemble import Ensemble
-from ensemble.errors import DistillError
-from ensemble.fit import TRACKING_ENVIRONMENT
+from ensemble.base.errors import DistillError
+from ensemble.engine.fit import TRACKING_ENVIRONMENT
 from helpers import distill, quick_train, runs_of
 
 TRAINING_KIND = "custom_model_development"  # MLflow 3's `mlflow.experimentKind` for model training
@@ -196,8 +196,8 @@ def test_a_store_with_a_dropped_table_is_one_line(made_store, tmp_path, capsys, 
 FIT_ONE = """
 import sys
 from ensemble import Ensemble
-from ensemble.data import load_dataset
-from ensemble.models import RegisteredModel
+from ensemble.data.registry import load_dataset
+from ensemble.models.registry import RegisteredModel
 
 data = load_dataset("digits", seed=0)
 Ensemble(RegisteredModel("mlp", (1, 8, 8), 10, {"hidden": [8]}), {"members": 1, "train": {"epochs": 1}},

@@ -6,8 +6,8 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from ensemble import Ensemble, Tracker
-from ensemble.errors import ModelError, ResourceError
-from ensemble.soft_targets import ensemble_probs
+from ensemble.base.errors import ModelError, ResourceError
+from ensemble.training.soft_targets import ensemble_probs
 
 from helpers import quick_train, small_mlp_factory
 

@@ -13,10 +13,10 @@ from torch import nn
 
 from distill.export import log_model, measure_latency, mlflow_uri_scope
 from distill.formats import EXPORT_TOLERANCE, FORMATS, ExportFormat, export_model, format_of
-from ensemble.errors import ConfigError, DistillError, ModelError
-from ensemble.models import build_model, count_parameters
-from ensemble.tracking import Tracker
-from ensemble.transforms import NormalizedModel
+from ensemble.base.errors import ConfigError, DistillError, ModelError
+from ensemble.models.registry import build_model, count_parameters
+from ensemble.track.tracking import Tracker
+from ensemble.data.transforms import NormalizedModel
 
 SHAPE = (1, 8, 8)
 

@@ -10,8 +10,8 @@ import pytest
 import ray
 import torch
 
-from ensemble.runner import TrainerActor, put_splits
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.cluster.runner import TrainerActor, put_splits
+from ensemble.training.trainer import Trainer, TrainSpec
 
 from helpers import quick_train, small_mlp_factory
 

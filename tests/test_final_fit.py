@@ -14,7 +14,7 @@ from helpers import quick_train, small_mlp_factory
 from distill.api import Distiller
 from distill.transfer import SubsetSampler
 from ensemble.api import Ensemble
-from ensemble.checkpoint import CheckpointDir
+from ensemble.base.checkpoint import CheckpointDir
 from specialists.dustbin import GroupSampler
 
 BATCH = 64

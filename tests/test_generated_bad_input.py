@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from servers import run_distill
 
 from distill.cli import main
-from ensemble.checkpoint import load_verified
+from ensemble.base.checkpoint import load_verified
 
 CASE_SECONDS = 30
 FAST = {"ensemble.members": 1, "ensemble.train.epochs": 1, "generalist.enabled": False}
@@ -278,7 +278,7 @@ def assert_finished_again(out: Path, original: Path, damaged: list, outcome: Out
         assert results[i]["test_accuracy"] == old[i]["test_accuracy"], (damaged, member.name)
         assert results[i]["epochs_trained"] == 1, (damaged, member.name)
     assert results[-1]["reused"] is True, damaged
-    # mlflow.json may gain this case's store: the reused model's run there (ensemble.model_runs)
+    # mlflow.json may gain this case's store: the reused model's run there (ensemble.track.model_runs)
     assert snapshot(_members(out)[-1], ("mlflow.json",)) == snapshot(_members(original)[-1], ("mlflow.json",)), \
         f"{damaged}: the undamaged member was touched"
     untouched = [p for p in snapshot(original) if p not in {t for t, _ in damaged}]

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ensemble.models import RegisteredModel
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.models.registry import RegisteredModel
+from ensemble.training.trainer import Trainer, TrainSpec
 
 from helpers import quick_train
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("ensemble", "specialists", "distill")
 NAMED = ("distill.cli", "distill.pipeline", "distill.plots", "distill.sweep", "distill.sweep_report", "distill.export",
-         "specialists.grouping", "ensemble.tracking", "ensemble.trainer", "ensemble.models", "ensemble.data")
+         "specialists.grouping", "ensemble.track.tracking", "ensemble.training.trainer", "ensemble.models.registry", "ensemble.data.registry")
 
 # Runs in a fresh interpreter: what the process looks like, as JSON-friendly values.
 SNAPSHOT = textwrap.dedent("""

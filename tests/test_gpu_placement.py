@@ -4,8 +4,8 @@ import pytest
 import ray
 
 from ensemble import Ensemble
-from ensemble.errors import ResourceError
-from ensemble.runner import TrainerActor, check_feasible, Resources
+from ensemble.base.errors import ResourceError
+from ensemble.cluster.runner import TrainerActor, check_feasible, Resources
 
 from helpers import quick_train, small_mlp_factory, start_ray
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble.data import Split
-from ensemble.models import MaxNormLinear, build_model
-from ensemble.trainer import TrainSpec
+from ensemble.data.split import Split
+from ensemble.models.registry import MaxNormLinear, build_model
+from ensemble.training.trainer import TrainSpec
 from specialists.dustbin import GroupSampler
 
 from helpers import quick_train
@@ -25,7 +25,7 @@ def _partial_mlp(max_norm):
 
 
 def _registered_mlp(max_norm):
-    from ensemble.models import RegisteredModel
+    from ensemble.models.registry import RegisteredModel
 
     return RegisteredModel("mlp", SHAPE, 3, {"hidden": [8], "max_norm": max_norm})
 
@@ -71,8 +71,8 @@ def test_fingerprint_builds_the_model_as_training_does_and_leaves_the_rng_alone(
 
 def test_a_config_model_refits_when_max_norm_or_version_changes(digits, tmp_path):
     from ensemble.api import Ensemble
-    from ensemble.config import ModelConfig
-    from ensemble.models import RegisteredModel
+    from ensemble.schema.sections import ModelConfig
+    from ensemble.models.registry import RegisteredModel
 
     def fit(**model):
         config = ModelConfig(name="mlp", params={"hidden": [8], "max_norm": model.pop("max_norm", 1.0)}, **model)

@@ -8,11 +8,11 @@ from helpers import small_mlp_factory
 
 from distill.losses import LOSSES, get_loss, register_loss
 from distill.objective import DistillationObjective
-from ensemble.config import TrainConfig
-from ensemble.errors import ConfigError
-from ensemble.objectives import CrossEntropy
-from ensemble.spec import TrainSpec
-from ensemble.teacher import TeacherOutputs
+from ensemble.schema.sections import TrainConfig
+from ensemble.base.errors import ConfigError
+from ensemble.training.objectives import CrossEntropy
+from ensemble.training.spec import TrainSpec
+from ensemble.training.teacher import TeacherOutputs
 
 # Three examples over four classes (a batch, so a sum where a mean belongs fails).
 Z = [[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4], [-0.5, 1.5, 0.0, 1.0]]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ensemble.errors import FolderInUse
-from ensemble.lock import LOCK_FILE, FolderLock
+from ensemble.base.errors import FolderInUse
+from ensemble.base.lock import LOCK_FILE, FolderLock
 
 # A run that holds its output folder for a while (Ray starts after the lock is taken) and finishes quickly.
 RUN_ARGS = ["--no-progress", "--set", "ensemble.members=1", "--set", "generalist.enabled=false",
@@ -53,7 +53,7 @@ from functools import partial
 import torch
 torch.set_num_threads(1)
 from ensemble import Ensemble, build_model, load_dataset
-from ensemble.checkpoint import CheckpointDir
+from ensemble.base.checkpoint import CheckpointDir
 if sys.argv[3:] == ["slow"]:
     save = CheckpointDir.save
     CheckpointDir.save = lambda self, *args: (time.sleep(0.4), save(self, *args))[1]
@@ -68,7 +68,7 @@ print(json.dumps({"reused": ens.results_[0].reused, "started": started, "finishe
 
 HOLD = """
 import sys, time
-from ensemble.lock import FolderLock
+from ensemble.base.lock import FolderLock
 lock = FolderLock(sys.argv[1], "a test holder").acquire()
 print("locked", flush=True)
 time.sleep(600)

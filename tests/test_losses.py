@@ -12,7 +12,7 @@ import torch
 from distill.losses import (
     LOSSES, TeacherOutputs, get_loss, hard_label_ce, logit_matching, soft_target_kl,
 )
-from ensemble.errors import ConfigError
+from ensemble.base.errors import ConfigError
 
 
 def _softmax(z, temperature=1.0):

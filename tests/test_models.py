@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble.config import ModelConfig
-from ensemble.errors import ConfigError, ModelError
-from ensemble.models import MODELS, build_model, check_output_width, count_parameters, register_model
+from ensemble.schema.sections import ModelConfig
+from ensemble.base.errors import ConfigError, ModelError
+from ensemble.models.registry import MODELS, build_model, check_output_width, count_parameters, register_model
 
 
 @pytest.mark.parametrize("name, shape", [("mlp", (1, 28, 28)), ("cnn", (1, 28, 28)), ("resnet18", (3, 32, 32))])

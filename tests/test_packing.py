@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from ensemble import Ensemble
-from ensemble.config import TrainConfig
-from ensemble.errors import ConfigError
-from ensemble.models import RegisteredModel
-from ensemble.packing import PackedTrainer
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.schema.sections import TrainConfig
+from ensemble.base.errors import ConfigError
+from ensemble.models.registry import RegisteredModel
+from ensemble.training.packing import PackedTrainer
+from ensemble.training.trainer import Trainer, TrainSpec
 
 from helpers import runs_of
 

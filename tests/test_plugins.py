@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from distill.config import load_config
-from ensemble.errors import ConfigError
+from ensemble.base.errors import ConfigError
 from helpers import distill, runs_of
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"

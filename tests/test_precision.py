@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ensemble import Ensemble
-from ensemble.errors import ConfigError
-from ensemble.objectives import CrossEntropy
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.base.errors import ConfigError
+from ensemble.training.objectives import CrossEntropy
+from ensemble.training.trainer import Trainer, TrainSpec
 from helpers import quick_train, small_mlp_factory
 
 
@@ -39,7 +39,7 @@ def test_bf16_autocasts_the_step_and_trains_as_well_as_fp32(digits, tmp_path):
 
 
 def test_channels_last_and_compile_train_and_checkpoint_the_plain_model(digits, tmp_path):
-    from ensemble.models import RegisteredModel
+    from ensemble.models.registry import RegisteredModel
 
     factory = RegisteredModel("cnn", digits.input_shape, digits.num_classes, {"channels": [8], "hidden": 16})
     spec = TrainSpec("c", "member", factory, quick_train(1, channels_last=True, compile=True), seed=0)

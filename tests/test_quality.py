@@ -1,4 +1,4 @@
-"""The quality guard (ensemble/quality.py): a model at chance, or a student far below its baseline, is said so in
+"""The quality guard (ensemble/metrics/quality.py): a model at chance, or a student far below its baseline, is said so in
 ``fit``'s warnings, the API's ``quality_``, ``results.json`` and the summary table."""
 
 import json
@@ -13,9 +13,7 @@ from torch import nn
 
 from distill import Distiller
 from ensemble import Ensemble
-from ensemble.quality import (
-    QualityWarning, assess, at_chance, base_rate, baseline_margin, chance_margin, far_below, verdict,
-)
+from ensemble.metrics.quality import QualityWarning, assess, at_chance, base_rate, baseline_margin, chance_margin, far_below, verdict
 from specialists import SpecialistEnsemble
 
 from helpers import quick_train, small_mlp_factory
@@ -248,9 +246,9 @@ def _zero_linear():
 
 @pytest.mark.parametrize("clip, step", [(None, -0.1 * 100), (1.0, -0.1 / math.sqrt(15))])
 def test_grad_clip_norm_scales_a_larger_step_down_to_its_norm(clip, step, tmp_path):
-    from ensemble.config import TrainConfig
-    from ensemble.data import Split
-    from ensemble.trainer import Trainer, TrainSpec
+    from ensemble.schema.sections import TrainConfig
+    from ensemble.data.split import Split
+    from ensemble.training.trainer import Trainer, TrainSpec
 
     data = {name: Split(torch.ones(8, 1, 2, 2), torch.zeros(8, dtype=torch.long)) for name in ("train", "val")}
     train = TrainConfig(epochs=1, batch_size=8, optimizer={"lr": 0.1, "momentum": 0.0}, scheduler={"name": "none"},
@@ -266,7 +264,7 @@ def test_grad_clip_norm_scales_a_larger_step_down_to_its_norm(clip, step, tmp_pa
 
 def test_the_students_default_clips_and_the_paper_configs_keep_their_settings():
     from distill.config import StudentConfig, load_config
-    from ensemble.config import TrainConfig
+    from ensemble.schema.sections import TrainConfig
 
     assert StudentConfig().train.grad_clip_norm == 5.0
     assert StudentConfig(train={"epochs": 2}).train.grad_clip_norm == 5.0, "a partial section keeps the default"
@@ -281,7 +279,7 @@ def test_the_students_default_clips_and_the_paper_configs_keep_their_settings():
 
 
 def test_a_packed_ensemble_refuses_grad_clipping(digits, tmp_path):
-    from ensemble.errors import ConfigError
+    from ensemble.base.errors import ConfigError
 
     factory = small_mlp_factory(digits.input_shape, digits.num_classes)
     ens = Ensemble(factory, {"members": 2, "pack": 2, "train": quick_train(1, grad_clip_norm=1.0)}, in_process=True,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from ensemble.checkpoint import load_verified, save_verified
-from ensemble.tracking import HOST, Tracker, redact
+from ensemble.base.checkpoint import load_verified, save_verified
+from ensemble.track.tracking import HOST, Tracker, redact
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ensemble.soft_targets import arithmetic_mean, ensemble_probs, geometric_mean, temperature_softmax
+from ensemble.training.soft_targets import arithmetic_mean, ensemble_probs, geometric_mean, temperature_softmax
 
 # Two members' probabilities for three examples (rows); every row differs.
 A = [[0.7, 0.2, 0.1], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]

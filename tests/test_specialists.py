@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble.errors import ConfigError, ModelError
+from ensemble.base.errors import ConfigError, ModelError
 from specialists import (
     GroupSampler, SpecialistEnsemble, build_specialist, class_matrix, cluster_classes, dustbin_correction,
     dustbin_target_map, resolve_groups,

@@ -5,8 +5,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ensemble import Tracker
-from ensemble.errors import ConfigError
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.base.errors import ConfigError
+from ensemble.training.trainer import Trainer, TrainSpec
 from specialists import SpecialistEnsemble
 
 from helpers import quick_train, small_mlp_factory

@@ -18,8 +18,8 @@ import torch
 from servers import run_distill
 
 from distill.cli import main
-from ensemble.checkpoint import load_verified
-from ensemble.teacher import TeacherOutputs
+from ensemble.base.checkpoint import load_verified
+from ensemble.training.teacher import TeacherOutputs
 
 ONE_EPOCH = ["--set", "ensemble.train.epochs=1", "--set", "generalist.enabled=false", "--no-progress"]
 
@@ -94,8 +94,8 @@ FILE_LIMIT_SCRIPT = textwrap.dedent("""
     import numpy as np
     from sklearn.datasets import load_digits
     from ensemble import Ensemble
-    from ensemble.errors import StorageError
-    from ensemble.models import RegisteredModel
+    from ensemble.base.errors import StorageError
+    from ensemble.models.registry import RegisteredModel
 
     digits = load_digits()
     x, y = (digits.data / 16).astype(np.float32), digits.target
@@ -167,7 +167,7 @@ def test_a_damaged_teacher_cache_is_rebuilt_with_one_warning(damage, tmp_path, c
 def test_a_truncated_decoded_image_cache_is_decoded_again_with_one_warning_each(tmp_path, caplog):
     from torchvision.io import write_png
 
-    from ensemble.data import load_dataset
+    from ensemble.data.registry import load_dataset
 
     for part, count in (("train", 8), ("test", 2)):
         for c in range(2):

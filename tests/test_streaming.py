@@ -5,9 +5,9 @@ import torch
 from torchvision.io import write_png
 
 from ensemble import Ensemble
-from ensemble.data import load_dataset
-from ensemble.errors import DataError
-from ensemble.streaming import LazyImages
+from ensemble.data.registry import load_dataset
+from ensemble.base.errors import DataError
+from ensemble.data.streaming import LazyImages
 from helpers import small_mlp_factory
 
 

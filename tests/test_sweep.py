@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from distill.cli import main
 from distill.config import load_config
 from distill.sweep import check_grid, parse_grid, trial_config
-from ensemble.errors import ConfigError
+from ensemble.base.errors import ConfigError
 
 
 def test_grid_values_are_yaml_and_lists_go_in_brackets():

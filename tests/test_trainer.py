@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from ensemble.checkpoint import CheckpointDir
-from ensemble.errors import CheckpointError, TrainingDiverged
-from ensemble.trainer import Trainer, TrainSpec
+from ensemble.base.checkpoint import CheckpointDir
+from ensemble.base.errors import CheckpointError, TrainingDiverged
+from ensemble.training.trainer import Trainer, TrainSpec
 
 from helpers import quick_train, small_mlp_factory
 
@@ -115,8 +115,8 @@ def test_early_stopping_keeps_the_best_validation_weights(digits, tmp_path):
 def test_onecycle_steps_after_every_batch_with_the_hand_computed_rates(digits, tmp_path):
     import math
 
-    from ensemble.config import SchedulerConfig
-    from ensemble.data import Split
+    from ensemble.schema.sections import SchedulerConfig
+    from ensemble.data.split import Split
 
     # 320 examples at batch 64: 5 steps an epoch, 10 in all; warm-up ends at step 0.3 * 10 - 1 = 2.
     splits = {"train": Split(digits.train.x[:320], digits.train.y[:320]), "val": digits.val}
@@ -153,7 +153,7 @@ def test_select_last_keeps_the_last_epoch_not_the_best_one(digits, tmp_path):
 
 
 def test_in_memory_inputs_move_to_the_device_only_when_they_fit(digits):
-    from ensemble.trainer import inputs_on_device
+    from ensemble.training.trainer import inputs_on_device
 
     splits = {"train": digits.train, "val": digits.val}
     nbytes = sum(s.x.element_size() * s.x.nelement() for s in splits.values())  # float32 8x8 images

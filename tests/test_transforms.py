@@ -7,10 +7,10 @@ import torch
 
 from distill.config import load_config
 from ensemble import Ensemble
-from ensemble.data import Split
-from ensemble.errors import ConfigError
-from ensemble.models import RegisteredModel
-from ensemble.transforms import Normalize, channel_stats, hflip
+from ensemble.data.split import Split
+from ensemble.base.errors import ConfigError
+from ensemble.models.registry import RegisteredModel
+from ensemble.data.transforms import Normalize, channel_stats, hflip
 
 
 def test_channel_stats_are_per_channel_over_examples_and_pixels():

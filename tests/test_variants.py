@@ -16,8 +16,8 @@ from distill.api import Distiller
 from distill.hints import ForwardHooks, build_regressor, hint_loss, load_guided_student
 from distill.losses import TeacherOutputs
 from ensemble.api import Ensemble
-from ensemble.errors import ConfigError
-from ensemble.models import build_model
+from ensemble.base.errors import ConfigError
+from ensemble.models.registry import build_model
 
 from helpers import quick_train, small_mlp_factory
 

@@ -5,7 +5,7 @@ Used by tests/test_plugins.py through ``imports: [.../first_member_teacher.py]``
 """
 
 from distill import register_teacher
-from ensemble.teacher import ModuleTeacher
+from ensemble.training.teacher import ModuleTeacher
 
 
 @register_teacher("first_member")

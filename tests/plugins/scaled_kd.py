@@ -6,8 +6,8 @@ Used by tests/test_plugins.py through ``imports: [.../scaled_kd.py]`` and ``stud
 from pydantic import Field
 
 from distill import Method, MethodPlan, register_method
-from ensemble.config import Section
-from ensemble.objectives import Objective
+from ensemble.schema.sections import Section
+from ensemble.training.objectives import Objective
 
 
 class ScaledKDOptions(Section):
