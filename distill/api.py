@@ -17,13 +17,13 @@ from ensemble.data.rows import as_input
 from ensemble.data.split import Split
 from ensemble.data.streaming import in_order
 from ensemble.engine.estimator import Estimator, output_width
-from ensemble.engine.fit import api_tracking
+from ensemble.engine.fit import FitOptions
 from ensemble.metrics.calibration import mean_kl, reliability_bins, top1_agreement
 from ensemble.metrics.quality import check as check_quality
 from ensemble.metrics.scores import Evaluation, Score
+from ensemble.models.heads import find_head
 from ensemble.training.teacher import TeacherOutputs, as_teacher, outputs_in_batches
-from ensemble.training.trainer import TrainResult, TrainSpec, predict_logits
-from specialists.dustbin import find_head
+from ensemble.training.trainer import TrainSpec, predict_logits
 
 from .cache import write_targets, write_targets_on_ray
 from .config import StudentConfig
@@ -55,6 +55,18 @@ def cached_teacher_id(kind: str, outputs: TeacherOutputs) -> str:
 # Keywords of the Python API that name a field of a nested section.
 ALIASES = {"fraction": "transfer.fraction", "omit_classes": "transfer.omit_classes",
            "only_classes": "transfer.only_classes"}
+# The student's setting that asks for its classifier head: the transfer set's left-out classes get a bias shift.
+HEAD_FIELD = "student.transfer"
+
+
+def student_head(student: nn.Module) -> nn.Linear:
+    """The student's classifier, whose biases the shift for the left-out classes raises: errors name the student's
+    own setting (``student.transfer``), never another stage's."""
+    _, head = find_head(student, None, HEAD_FIELD, "student", "its biases are shifted for the classes the transfer "
+                        "set leaves out (omit_classes / only_classes)")
+    if head.bias is None:
+        raise DataError(f"{HEAD_FIELD}: the student's classifier has no bias to shift for the left-out classes")
+    return head
 
 
 class Distiller(Estimator):
@@ -70,16 +82,18 @@ class Distiller(Estimator):
     >>> d.predict_proba(x, temperature=1); d.predict(x)  # the student's softmax(z / T) and its argmax
     """
 
+    schema, section, output_dir = StudentConfig, "student", "runs/student"
     fitted_attribute = "student_"
 
     def __init__(self, teacher, student_factory: Callable[[], nn.Module], config: StudentConfig | dict | None = None,
-                 *, seed: int = 0, use_cache: bool | None = None, **kwargs):
+                 *, seed: int = 0, use_cache: bool | None = None, options: FitOptions | None = None, **kwargs):
         """``use_cache``: None uses the teacher's cached outputs when it has them for this training split; True
-        requires them (none is an error); False always runs the teacher. Keywords that are not fields of the section
-        are :class:`ensemble.engine.fit.FitOptions` (output_dir, num_cpus, tracking_uri, experiment, ...)."""
-        aliases = {**ALIASES, **{name: f"method_options.{name}" for name in METHODS}}
-        self.config, self.options = self._arguments(StudentConfig, config, kwargs, aliases,
-                                                    {"output_dir": "runs/student"})
+        requires them (none is an error); False always runs the teacher. ``options``: where and how the student
+        trains (:class:`ensemble.engine.fit.FitOptions`; by default ``runs/student`` on the section's resources).
+        Keywords that are not fields of the section name fields of ``options`` (output_dir, num_cpus, ...)."""
+        # Methods register by name (plugins too), so their aliases are read when a Distiller is made.
+        self._configure(config, kwargs, options, {**ALIASES, **{name: f"method_options.{name}" for name in METHODS}},
+                        seed)
         cfg = self.config
         self.method = build_method(cfg.method, cfg.method_options.get(cfg.method))
         self.teacher = as_teacher(teacher)
@@ -87,9 +101,7 @@ class Distiller(Estimator):
             self.teacher = self.teacher.with_mean(cfg.mean)
         self.student_factory = student_factory
         self.train_config = cfg.train
-        self.seed, self.use_cache = seed, use_cache
-        self.results_: list[TrainResult] = []
-        self.run_ids_: dict[str, str] = {}
+        self.use_cache = use_cache
         self.bias_shift_ = 0.0
 
     # --- the teacher's side ---
@@ -154,15 +166,16 @@ class Distiller(Estimator):
 
     def fit(self, transfer, val, test=None) -> "Distiller":
         """Splits as for ``Ensemble.fit``: ``(x, y)`` pairs of arrays or tensors, Splits or map-style datasets."""
-        splits = self._fit_splits(transfer, val, test, "transfer")
-        num_classes = output_width(self.teacher_logits, splits["val"], "teacher", "val")
-        self._check_labels(splits, num_classes, "transfer")
-        cfg = self.config
+        splits, data_fingerprint = self._fit_data(
+            transfer, val, test, lambda s: output_width(self.teacher_logits, s["val"], "teacher", "val"), "transfer")
+        cfg, num_classes = self.config, self.num_classes_
+        self.left_out_ = left_out_classes(num_classes, cfg.transfer.omit_classes, cfg.transfer.only_classes)
+        if self.left_out_:  # fail now, not after training, when there is no head to shift
+            student_head(self.student_factory())
         rule = {**cfg.transfer.model_dump(), "seed": self.seed}
         self.transfer_indices_ = transfer_indices(splits["train"].y, **rule)
         sampler = SubsetSampler(self.transfer_indices_, rule)
-        data_fingerprint = fingerprint({name: s.fingerprint() for name, s in splits.items()})
-        with api_tracking(self.options, "Distiller", {"student": cfg.model_dump(mode="json")}) as options:
+        with self._tracking() as options:
             context = MethodContext(self.teacher, self.teacher.teacher_name(), self.student_factory, self.train_config,
                                     self.seed, cfg.jitter, splits, sampler, data_fingerprint, num_classes, options,
                                     self.run_ids_)
@@ -179,7 +192,6 @@ class Distiller(Estimator):
         self.objective_ = plan.objective  # what the student trained on (cached or online teacher, method)
         self.student_ = fitted.models[0]
         self.baseline_ = fitted.models[1] if cfg.baseline else None
-        self.num_classes_ = num_classes
         self.val_labels_ = splits["val"].y
         self._shift_left_out_classes()
         # Warns of a model at chance, or of a student far below its baseline, on the classes the transfer set kept.
@@ -190,15 +202,11 @@ class Distiller(Estimator):
 
     def _shift_left_out_classes(self) -> None:
         """Raise the biases of classes the transfer set left out, by the amount best on validation data."""
-        transfer = self.config.transfer
-        self.left_out_ = left_out_classes(self.num_classes_, transfer.omit_classes, transfer.only_classes)
         if not self.left_out_:
             return
         self.bias_shift_, self.bias_shift_table_ = choose_bias_shift(self.results_[0].logits["val"], self.val_labels_,
                                                                     self.left_out_)
-        _, head = find_head(self.student_)
-        if head.bias is None:
-            raise DataError("student: the classifier has no bias to shift for the left-out classes")
+        head = student_head(self.student_)
         with torch.no_grad():
             head.bias[self.left_out_] += self.bias_shift_
 

@@ -26,7 +26,7 @@ from ensemble.data.rows import as_input
 from ensemble.data.streaming import in_order
 from ensemble.training.teacher import TeacherOutputs
 
-from .topk import TopK, top_k
+from .topk import TopK, TopKOutputs, top_k
 
 DENSE = ("probs", "logits")
 TOPK = ("indices", "log_probs", "rest")
@@ -34,7 +34,7 @@ TAIL = ("rest_samples", "rest_entropy")
 
 
 class ShardedTargets:
-    """``targets[rows]`` -> :class:`TeacherOutputs` for those sample ids (dense, or with ``top`` set)."""
+    """``targets[rows]`` -> :class:`TeacherOutputs` for those sample ids (dense, or :class:`TopKOutputs`)."""
 
     def __init__(self, folder: str | Path, meta: dict | None = None):
         self.folder = Path(folder)
@@ -84,7 +84,7 @@ class ShardedTargets:
         if self.top_k:
             tail = (arrays["rest_samples"].long(), arrays["rest_entropy"].float()) if "rest_samples" in arrays else ()
             top = TopK(arrays["indices"].long(), arrays["log_probs"].float(), arrays["rest"].float(), *tail)
-            return TeacherOutputs(top=top)
+            return TopKOutputs(top=top)
         return TeacherOutputs(arrays["probs"].float(), arrays["logits"].float())
 
 

@@ -79,8 +79,8 @@ def _raise_interrupt(signum, frame):
 
 # MLflow announces every schema creation and migration of a new SQLite store at INFO, and logs each database error
 # (a damaged store) at ERROR with its SQL before raising it; on the command line that buries the one line that
-# matters (a result, or the error as ensemble.track.store_errors words it). Quieted here, for the command only: the library
-# leaves logger levels to its caller.
+# matters (a result, or the error as ensemble.track.store_errors words it). Quieted here, for the command only: the
+# library leaves logger levels to its caller.
 CHATTY_LOGGERS = {"mlflow.store.db.utils": logging.CRITICAL, "alembic.runtime.migration": logging.WARNING}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
+from typing import Protocol, runtime_checkable
 
 import torch
 from pydantic import Field
@@ -22,6 +23,25 @@ from ensemble.training.objectives import Objective
 from ensemble.training.trainer import TrainSpec
 
 from .method import Method, MethodContext, MethodPlan, register_method
+
+
+@runtime_checkable
+class HintTeacher(Protocol):
+    """What FitNets needs of a teacher beyond :class:`ensemble.training.teacher.Teacher`: the network whose hidden
+    layers give the hints. :class:`ensemble.api.Ensemble` (its first member),
+    :class:`specialists.api.SpecialistEnsemble` (its generalist) and :class:`ensemble.training.teacher.ModuleTeacher`
+    (the module itself) have one."""
+
+    def hint_module(self) -> nn.Module:
+        """The network whose hidden layers give hints."""
+
+
+def hint_network(teacher: object, name: str) -> nn.Module:
+    """A copy of ``teacher``'s hint network, in eval mode; a teacher without one is a one-line error."""
+    if not isinstance(teacher, HintTeacher):
+        raise ConfigError(f"student.method: 'fitnets' needs a teacher with a hint_module() "
+                          f"(distill.hints.HintTeacher); the {name} teacher ({type(teacher).__name__}) has none")
+    return copy.deepcopy(teacher.hint_module()).eval()
 
 
 def hint_loss(hint: torch.Tensor, regressed: torch.Tensor) -> torch.Tensor:
@@ -168,7 +188,7 @@ class FitNets(Method):
 
     def plan(self, context: MethodContext, distillation) -> MethodPlan:
         cfg = self.options
-        teacher = copy.deepcopy(context.teacher.hint_module()).eval()
+        teacher = hint_network(context.teacher, context.teacher_id)
         input_shape = tuple(context.splits["train"].x.shape[1:])
         factory = hint_student_factory(context.student_factory, teacher, cfg.hint_layer, cfg.guided_layer,
                                        input_shape, cfg.kernel_size)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ensemble.base.errors import ConfigError
 from ensemble.training.teacher import TeacherOutputs
 
-from .topk import topk_soft_target_kl
+from .topk import top_of, topk_soft_target_kl
 
 
 def soft_target_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -69,8 +69,9 @@ def kd(student_logits, labels, teacher: TeacherOutputs, temperature: float, alph
     """``L = α · T² · KL(p_T ‖ q_T) + (1 − α) · CE(y, q_1)``, both terms from the same student logits; with top-K
     targets (``student.cache.top_k``) the KL is taken on the teacher's top K classes plus the rest
     (:func:`distill.topk.topk_soft_target_kl`)."""
-    if teacher.top is not None:
-        soft = topk_soft_target_kl(student_logits, teacher.top, temperature)
+    top = top_of(teacher)
+    if top is not None:
+        soft = topk_soft_target_kl(student_logits, top, temperature)
     else:
         soft = soft_target_kl(student_logits, teacher.probs, temperature)
     terms = {"soft": alpha * soft}

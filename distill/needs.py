@@ -20,9 +20,8 @@ COMMAND_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
 STAGE_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "specialists.enabled": (("generalist.enabled", "each specialist starts from the generalist's weights"),),
 }
-# the stages past the ensemble that each command runs
-COMMAND_STAGES = {"ensemble": (), "specialists": ("specialists",), "run": ("specialists", "student"),
-                  "sweep": ("student",)}
+# the stages between the ensemble and the students that each command runs when the config enables them
+COMMAND_STAGES = {"ensemble": (), "specialists": ("specialists",), "run": ("specialists",), "sweep": ()}
 
 
 def switch(config, key: str, who: str = "a need") -> bool:
@@ -34,25 +33,27 @@ def switch(config, key: str, who: str = "a need") -> bool:
     return bool(node)
 
 
-def wanted(config, command: str) -> list[tuple[str, str, str]]:
-    """(switch, who needs it, why) for what ``command`` runs with this config, dependencies included."""
+def wanted(config, command: str, teachers: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(switch, who needs it, why) for what ``command`` runs with this config, dependencies included.
 
-    stages = COMMAND_STAGES[command]
+    ``teachers``: the teacher of every student the command trains, by name, with the field that chose it."""
     needs = [(key, f"distill {command}", why) for key, why in COMMAND_NEEDS.get(command, ())]
-    if "specialists" in stages and config.specialists.enabled:
+    if "specialists" in COMMAND_STAGES[command] and config.specialists.enabled:
         needs.append(("specialists.enabled", "the config", "it is set"))
-    teacher = config.student.teacher
-    if "student" in stages and (config.student.enabled or command == "sweep") and teacher in TEACHERS:
-        needs += [(key, f"student.teacher: {teacher!r}", "it is built from that stage")
-                  for key in TEACHERS[teacher].needs]
+    for teacher, field in teachers.items():
+        if teacher in TEACHERS:
+            needs += [(key, f"{field}: {teacher!r}", "it is built from that stage") for key in TEACHERS[teacher].needs]
     for key, _, _ in needs:  # grows while it is read: a needed stage's own needs follow it
         needs += [(more, f"{key}: true", why) for more, why in STAGE_NEEDS.get(key, ())
                   if not any(more == k for k, _, _ in needs)]
     return needs
 
 
-def check_needs(config, command: str) -> None:
-    """Refuse a config whose stages or teacher lack a stage they need (``ConfigError``, one line)."""
-    for key, who, why in wanted(config, command):
+def check_needs(config, command: str, teachers: dict[str, str]) -> set[str]:
+    """Refuse a config whose stages or teachers lack a stage they need (``ConfigError``, one line); else the
+    switches the command needs, so that the caller trains exactly the stages they name."""
+    needs = wanted(config, command, teachers)
+    for key, who, why in needs:
         if not switch(config, key, who):
             raise ConfigError(f"{who} needs {key}: true ({why}); set it (--set {key}=true)")
+    return {key for key, _, _ in needs}

@@ -66,7 +66,8 @@ class StudentSection(Record):
     left_out_test_examples: int | None = None
     left_out_test_errors_before_shift: int | None = None
     left_out_test_errors: int | None = None
-    # the quality guard (ensemble.metrics.quality): "ok" or what is wrong, and the lines why; baseline_* for the baseline
+    # the quality guard (ensemble.metrics.quality): "ok" or what is wrong, and the lines why;
+    # baseline_* for the baseline
     quality: str | None = None
     warnings: list[str] = Field(default_factory=list)
     baseline_quality: str | None = None

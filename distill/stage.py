@@ -37,8 +37,8 @@ def build_distiller(config: Config, data: DatasetSplits, teacher, output_dir: Pa
     section = config.student
     options = fit_options(config, section.resources, output_dir / "student", tracker, parent_run_id, show_progress)
     student = RegisteredModel.from_config(section.model, data.input_shape, data.num_classes, data.normalization)
-    return Distiller(teacher, student, section,
-                     seed=config.seed, **{**options, **overrides})
+    # ``overrides`` name FitOptions fields (a sweep trial's in_process=True): the Distiller checks each name.
+    return Distiller(teacher, student, section, seed=config.seed, options=options, **overrides)
 
 
 def run_student_stage(

@@ -1,6 +1,7 @@
 """``distill sweep``: a grid over student settings (alpha x T, ...) on Ray Tune, every trial a real student stage.
 
-The teacher is trained (or reused) once; its cached logits travel to the trials through the object store, so a
+The stages before the students are trained (or reused) once, by :mod:`distill.orchestrate`; each trial's teacher
+(the grid may vary ``student.teacher``) and its cached logits travel to the trials through the object store, so a
 trial costs one student's training. Each trial is a nested MLflow run under one ``sweep`` parent run; the table
 and the plots (heatmap and surface of test accuracy over the first two grid keys) go to the parent run and to
 ``<output_dir>/sweep/``.
@@ -17,23 +18,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from ensemble.base.checkpoint import make_output_dir
 from ensemble.base.errors import ConfigError, DistillError
-from ensemble.base.lock import FolderLock
 from ensemble.base.records import write_text
 from ensemble.cluster.connect import connect_ray
 from ensemble.schema.loading import apply_overrides, validate_config
-from ensemble.stage import load_data, run_ensemble_stage
 from ensemble.track.tracking import Tracker, redact
-from specialists.stage import check_section, run_specialist_stage
 
 from .config import Config, config_hash
-from .needs import check_needs
-from .pipeline import update_results
+from .orchestrate import Trained, orchestrate, update_results
 from .plugins import install, registered
 from .stage import build_distiller, choose_teacher
 from .sweep_report import plot_sweep, print_sweep, sweep_rows
-from .teachers import TEACHERS
 
 SELECTION_METRIC = "val_accuracy"  # trials are ranked on validation data; the test split is only reported
 
@@ -65,8 +60,8 @@ def trial_config(base: dict, params: dict) -> Config:
     return validate_config(Config, tree, f"sweep trial {params}")
 
 
-def check_grid(config: Config) -> list[dict]:
-    """Every trial's config validated before anything trains; only student settings may vary."""
+def check_grid(config: Config) -> list[tuple[dict, Config]]:
+    """Every trial's grid values and config, validated before anything trains; only student settings may vary."""
     grid = config.sweep.grid
     if not grid:
         raise ConfigError("sweep.grid: empty; pass --grid student.temperature=1,2,4 (repeatable) or set sweep.grid")
@@ -78,22 +73,24 @@ def check_grid(config: Config) -> list[dict]:
             raise ConfigError(f"sweep.grid: {key!r} has no values")
     trials = trial_overrides(grid)
     base = config.model_dump(mode="json")
-    for params in trials:
-        trial_config(base, params)
-    return trials
+    return [(params, trial_config(base, params)) for params in trials]
 
 
-def _trial(params: dict, *, base: dict, data, teacher, tracking: tuple, parent_id: str, output_dir: str,
+def trial_key(params: dict) -> str:
+    """A trial's name among the teachers sent to the trials: its grid values, as Tune hands them back."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _trial(params: dict, *, base: dict, data, teachers: dict, tracking: tuple, parent_id: str, output_dir: str,
            threads: int, plugins: dict) -> None:
     """One Tune trial: the configured student stage with ``params`` applied, trained in this worker."""
     from ray import tune
-
 
     torch.set_num_threads(threads)
     install(plugins)  # this worker validates the trial's config and builds its student: the plugins' names too
     config = trial_config(base, params)
     tracker = Tracker(*tracking)
-    distiller = build_distiller(config, data, teacher, Path(output_dir), tracker, parent_id, False,
+    distiller = build_distiller(config, data, teachers[trial_key(params)], Path(output_dir), tracker, parent_id, False,
                                 in_process=True)
     distiller.fit(data.train, data.val, data.test)
     run_id = distiller.run_ids_.get("student")
@@ -161,64 +158,58 @@ def _silent_file_loggers() -> list:
 
 
 def run_sweep(config: Config, show_progress: bool = True) -> dict:
-    check_needs(config, "sweep")
     trials = check_grid(config)
-    output_dir = make_output_dir(Path(config.output_dir))
-    # Before any MLflow run or file, as in ``distill run``; the trials lock their own model folders inside it.
-    with FolderLock(output_dir, "distill sweep"):
-        return _sweep(config, trials, output_dir, show_progress)
-
-
-def _sweep(config: Config, trials: list[dict], output_dir: Path, show_progress: bool) -> dict:
-    from ray import tune
-
-
-    needs_specialists = TEACHERS[config.student.teacher].needs_specialists
-    data = load_data(config)  # read and checked before any MLflow work, as in distill run
-    if needs_specialists:
-
-        check_section(config.specialists, data)
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    tags = {"stage": "sweep", "config_hash": config_hash(config), "output_dir": str(output_dir.resolve()),
-            "trials": len(trials)}
-    with tracker.run(f"{config.name or 'config'}: sweep", tags=tags) as parent_id:
-        tracker.log_params(parent_id, config.model_dump(mode="json"))
-        ensemble, sections = run_ensemble_stage(config, data, output_dir, tracker, parent_id, show_progress)
-        specialists = None
-        if needs_specialists:
-
-            specialists, more = run_specialist_stage(config, config.specialists, data, ensemble, output_dir,
-                                                     tracker, parent_id, show_progress)
-            sections.update(more)
-
-        teacher = _portable(choose_teacher(config, ensemble, specialists))
-        connect_ray(config.ray.address, config.ray.num_cpus, config.ray.num_gpus)
-        cpus = config.sweep.num_cpus
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, base=config.model_dump(mode="json"), data=data, teacher=teacher,
-                                 tracking=(tracker.uri, config.tracking.experiment), parent_id=parent_id,
-                                 output_dir=str(output_dir.resolve()), threads=max(1, int(cpus)),
-                                 plugins=registered()),
-            {"cpu": cpus, "gpu": config.student.resources.num_gpus},
-        )
-        grid = _tuner(config, trainable, output_dir, show_progress).fit()
-        if grid.errors:
-            raise DistillError(f"sweep: {len(grid.errors)} of {len(trials)} trials failed; first: "
-                               f"{str(grid.errors[0]).strip().splitlines()[-1]}")
-        rows = sweep_rows(grid, list(config.sweep.grid))
-        sweep_dir = output_dir / "sweep"
-        sweep_dir.mkdir(exist_ok=True)
-        plots = plot_sweep(rows, list(config.sweep.grid), sweep_dir)
-        best = max(rows, key=lambda r: r[SELECTION_METRIC])
-        sections["sweep"] = {"grid": config.sweep.grid, "selection_metric": SELECTION_METRIC, "trials": rows,
-                             "best": best, "plots": [str(p) for p in plots]}
-        sections["mlflow"] = {"tracking_uri": redact(tracker.uri), "experiment_id": tracker.experiment_id,
-                              "parent_run_id": parent_id}
-        write_text(sweep_dir / "sweep.json", json.dumps(sections["sweep"], indent=1) + "\n")
-        tracker.log_metrics(parent_id, {f"best_{k}": v for k, v in best.items()
-                                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        for path in [*plots, sweep_dir / "sweep.json"]:
-            tracker.log_artifact(parent_id, path, "sweep")
-        results = update_results(output_dir / "results.json", sections)
+    results, rows = orchestrate(config, "sweep", trial_teachers(config, trials), lambda t: _sweep(t, trials),
+                                show_progress, tags={"stage": "sweep", "trials": len(trials)})
     print_sweep(rows, list(config.sweep.grid))
     return results
+
+
+def trial_teachers(config: Config, trials: list[tuple[dict, Config]]) -> dict[str, str]:
+    """Every trial's teacher, with the field that chose it: the config's own, or the grid's."""
+    return {trial.student.teacher: "student.teacher" if trial.student.teacher == config.student.teacher
+            else "sweep.grid student.teacher" for _, trial in trials}
+
+
+def _trainable(trained: Trained, trials: list[tuple[dict, Config]]):
+    """The Tune trainable: :func:`_trial` with the data and each trial's teacher, built once here from the
+    stages, travelling through the object store."""
+    from ray import tune
+
+    config = trained.config
+    teachers = {trial_key(params): _portable(choose_teacher(trial, trained.ensemble, trained.specialists))
+                for params, trial in trials}
+    cpus = config.sweep.num_cpus
+    return tune.with_resources(
+        tune.with_parameters(_trial, base=config.model_dump(mode="json"), data=trained.data, teachers=teachers,
+                             tracking=(trained.tracker.uri, config.tracking.experiment), parent_id=trained.parent_id,
+                             output_dir=str(trained.output_dir.resolve()), threads=max(1, int(cpus)),
+                             plugins=registered()),
+        {"cpu": cpus, "gpu": config.student.resources.num_gpus},
+    )
+
+
+def _sweep(trained: Trained, trials: list[tuple[dict, Config]]) -> tuple[dict, list[dict]]:
+    """``distill sweep``'s step after the stages: the trials on Tune, then their table, plots and records."""
+    config, tracker, parent_id, output_dir = trained.config, trained.tracker, trained.parent_id, trained.output_dir
+    sections, keys = trained.sections, list(config.sweep.grid)
+    connect_ray(config.ray.address, config.ray.num_cpus, config.ray.num_gpus)
+    grid = _tuner(config, _trainable(trained, trials), output_dir, trained.show_progress).fit()
+    if grid.errors:
+        raise DistillError(f"sweep: {len(grid.errors)} of {len(trials)} trials failed; first: "
+                           f"{str(grid.errors[0]).strip().splitlines()[-1]}")
+    rows = sweep_rows(grid, keys)
+    sweep_dir = output_dir / "sweep"
+    sweep_dir.mkdir(exist_ok=True)
+    plots = plot_sweep(rows, keys, sweep_dir)
+    best = max(rows, key=lambda r: r[SELECTION_METRIC])
+    sections["sweep"] = {"grid": config.sweep.grid, "selection_metric": SELECTION_METRIC, "trials": rows,
+                         "best": best, "plots": [str(p) for p in plots]}
+    sections["mlflow"] = {"tracking_uri": redact(tracker.uri), "experiment_id": tracker.experiment_id,
+                          "parent_run_id": parent_id}
+    write_text(sweep_dir / "sweep.json", json.dumps(sections["sweep"], indent=1) + "\n")
+    tracker.log_metrics(parent_id, {f"best_{k}": v for k, v in best.items()
+                                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for path in [*plots, sweep_dir / "sweep.json"]:
+        tracker.log_artifact(parent_id, path, "sweep")
+    return update_results(output_dir / "results.json", sections), rows

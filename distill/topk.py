@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ensemble.training.teacher import TeacherOutputs
+
 
 @dataclass
 class TopK:
@@ -61,6 +63,19 @@ class TopK:
     @property
     def rest_mass(self) -> torch.Tensor:
         return self.rest_log_mass.exp()
+
+
+@dataclass
+class TopKOutputs(TeacherOutputs):
+    """A teacher's targets kept as top-K (``student.cache.top_k``): ``top`` instead of the dense ``probs``. The
+    core's :class:`TeacherOutputs` knows nothing of them; this is distill's own kind of target."""
+
+    top: TopK | None = None
+
+
+def top_of(targets: TeacherOutputs) -> TopK | None:
+    """The top-K targets ``targets`` carries, or None when they are dense."""
+    return targets.top if isinstance(targets, TopKOutputs) else None
 
 
 def top_k(probs: torch.Tensor, k: int, rest_samples: int = 0, first_row: int = 0) -> TopK:

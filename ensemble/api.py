@@ -9,18 +9,17 @@ import torch
 from torch import nn
 
 from ensemble.base.errors import ConfigError
-from ensemble.base.identity import fingerprint
 from ensemble.config import EnsembleConfig
 from ensemble.data.split import Split
 from ensemble.engine.estimator import Estimator
-from ensemble.engine.fit import api_tracking, fit_specs
+from ensemble.engine.fit import FitOptions, fit_specs
 from ensemble.metrics.quality import check as check_quality
 from ensemble.metrics.scores import Evaluation, Score
 from ensemble.schema.loading import validate_config
 from ensemble.schema.sections import TrainConfig
 from ensemble.training.soft_targets import Mean, ensemble_probs
 from ensemble.training.teacher import EnsembleOutputs, TeacherOutputs, members_outputs
-from ensemble.training.trainer import TrainResult, TrainSpec, predict_logits
+from ensemble.training.trainer import TrainSpec, predict_logits
 
 GENERALIST_SEED_OFFSET = 1000
 
@@ -46,6 +45,7 @@ class Ensemble(Estimator):
     >>> ens.predict_proba(x, temperature=20, mean="geometric")
     """
 
+    schema, section, aliases = EnsembleConfig, "ensemble", {"n_members": "members"}
     fitted_attribute = "members_"
 
     def __init__(
@@ -58,11 +58,13 @@ class Ensemble(Estimator):
         seed: int = 0,
         jitter: int = 0,
         hflip: bool = False,
+        options: FitOptions | None = None,
         **kwargs,
     ):
-        """Keywords that are not fields of the section are :class:`ensemble.engine.fit.FitOptions`: output_dir, num_cpus,
-        num_gpus, tracking_uri, experiment, ... (``num_cpus``/``num_gpus`` default to the section's resources)."""
-        self.config, self.options = self._arguments(EnsembleConfig, config, kwargs, {"n_members": "members"})
+        """``options``: where and how the models train (:class:`ensemble.engine.fit.FitOptions`; by default
+        ``runs/ensemble`` on the section's resources). Keywords that are not fields of the section name fields of
+        ``options``: output_dir, num_cpus, num_gpus, tracking_uri, experiment, ..."""
+        self._configure(config, kwargs, options, seed=seed)
         if isinstance(members, Sequence):
             self.config = self.config.model_copy(update={"members": len(members)})
         factories = list(members) if isinstance(members, Sequence) else [members] * self.config.members
@@ -73,12 +75,9 @@ class Ensemble(Estimator):
         self.train_config = self.config.train
         self.generalist_train_config = as_train_config(generalist_train) if generalist_train else self.train_config
         self.mean = self.config.mean
-        self.seed = seed
         self.jitter, self.hflip = jitter, hflip
         self.members_: list[nn.Module] = []
         self.generalist_: nn.Module | None = None
-        self.results_: list[TrainResult] = []
-        self.run_ids_: dict[str, str] = {}
 
     # --- training ---
 
@@ -99,12 +98,9 @@ class Ensemble(Estimator):
     def fit(self, train, val, test=None, num_classes: int | None = None) -> "Ensemble":
         """Each split an ``(x, y)`` pair of arrays or tensors, a :class:`Split` or a map-style dataset
         (:mod:`ensemble.data.inputs`); ``num_classes`` defaults to the largest training label + 1."""
-        splits = self._fit_splits(train, val, test)
-        self.num_classes_ = num_classes or int(splits["train"].y.max()) + 1
-        self._check_labels(splits, self.num_classes_)
-        self.split_fingerprints_ = {name: split.fingerprint() for name, split in splits.items()}
-        self.data_fingerprint_ = fingerprint(self.split_fingerprints_)
-        with api_tracking(self.options, "Ensemble", {"ensemble": self.config.model_dump(mode="json")}) as options:
+        splits, self.data_fingerprint_ = self._fit_data(train, val, test,
+                                                        lambda s: num_classes or int(s["train"].y.max()) + 1)
+        with self._tracking() as options:
             fitted = fit_specs(self._specs(), splits, self.data_fingerprint_, self.num_classes_, options)
         self.results_, self.run_ids_ = fitted.results, fitted.run_ids
         self.members_ = fitted.models[: len(self.member_factories)]
@@ -157,7 +153,7 @@ class Ensemble(Estimator):
         members = torch.cat([self._cached_members(part) for part in parts], dim=1)
         return members_outputs(members, temperature, self.mean)
 
-    def hint_module(self) -> nn.Module:
+    def hint_module(self) -> nn.Module:  # distill.hints.HintTeacher: FitNets reads hints from the first member
         self._check_fitted()
         return self.members_[0]
 

@@ -15,7 +15,8 @@ class Record(BaseModel):
 
 class Trained(Record):
     """Whether a model was trained now, resumed from a checkpoint, or reused finished from disk, and whether it
-    learned anything (:mod:`ensemble.metrics.quality`: ``quality`` "ok" or what is wrong, ``warnings`` the lines why)."""
+    learned anything (:mod:`~ensemble.metrics.quality`: ``quality`` "ok" or what is wrong, ``warnings`` the lines
+    why)."""
 
     reused: bool = False
     resumed_from_epoch: int = 0

@@ -9,6 +9,7 @@ from ensemble.config import StageConfig
 from ensemble.data.registry import load_dataset
 from ensemble.data.split import DatasetSplits
 from ensemble.data.transforms import channel_stats
+from ensemble.engine.fit import FitOptions
 from ensemble.metrics.scores import SCORE_KEYS, Score
 from ensemble.models.registry import RegisteredModel
 from ensemble.results import EnsembleSection, ModelRow
@@ -28,15 +29,15 @@ def load_data(config: StageConfig) -> DatasetSplits:
 
 
 def fit_options(config: StageConfig, resources: ResourcesConfig, output_dir: Path, tracker: Tracker | None,
-                parent_run_id: str | None, show_progress: bool) -> dict:
+                parent_run_id: str | None, show_progress: bool) -> FitOptions:
     """The :class:`ensemble.engine.fit.FitOptions` every stage passes: where, on what resources, tracked where."""
-    return {
-        "output_dir": output_dir, "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-        "workers_per_model": resources.workers_per_model,
-        "tracker": tracker, "parent_run_id": parent_run_id, "run_params": config.model_dump(mode="json"),
-        "ray_address": config.ray.address, "ray_num_cpus": config.ray.num_cpus, "ray_num_gpus": config.ray.num_gpus,
-        "show_progress": show_progress, "dataset_name": config.data.name, "dataset_source": config.data.root,
-    }
+    return FitOptions(
+        output_dir=output_dir, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+        workers_per_model=resources.workers_per_model,
+        tracker=tracker, parent_run_id=parent_run_id, run_params=config.model_dump(mode="json"),
+        ray_address=config.ray.address, ray_num_cpus=config.ray.num_cpus, ray_num_gpus=config.ray.num_gpus,
+        show_progress=show_progress, dataset_name=config.data.name, dataset_source=config.data.root,
+    )
 
 
 def run_ensemble_stage(
@@ -56,8 +57,8 @@ def run_ensemble_stage(
                     if config.generalist.enabled else None),
         generalist_train=config.generalist_train(), seed=config.seed, jitter=config.data.shift,
         hflip=config.data.augment.hflip,
-        **fit_options(config, config.ensemble.resources, output_dir / "ensemble", tracker, parent_run_id,
-                      show_progress),
+        options=fit_options(config, config.ensemble.resources, output_dir / "ensemble", tracker, parent_run_id,
+                            show_progress),
     )
     ensemble.fit(data.train, data.val, data.test, num_classes=classes)
     return ensemble, summarize(ensemble, data, config.ensemble.mean)

@@ -11,12 +11,11 @@ from torch import nn
 
 from ensemble.base.checkpoint import state_fingerprint
 from ensemble.base.errors import ConfigError
-from ensemble.base.identity import fingerprint
 from ensemble.engine.estimator import Estimator, output_width
-from ensemble.engine.fit import api_tracking, fit_specs
+from ensemble.engine.fit import FitOptions, fit_specs
 from ensemble.metrics.quality import check as check_quality
 from ensemble.metrics.scores import Evaluation, Score
-from ensemble.training.trainer import TrainResult, TrainSpec, predict_logits
+from ensemble.training.trainer import TrainSpec, predict_logits
 
 from .combine import active_specialists, combine
 from .config import CombineConfig, SpecialistsConfig
@@ -36,6 +35,8 @@ class SpecialistEnsemble(Estimator):
     >>> spec.predict_proba(x)  # Eq. 5 with the active specialists
     """
 
+    schema, section, output_dir = SpecialistsConfig, "specialists", "runs/specialists"
+    aliases = {"n_specialists": "count", **{name: f"combine.{name}" for name in CombineConfig.model_fields}}
     fitted_attribute = "specialists_"
 
     def __init__(
@@ -48,22 +49,20 @@ class SpecialistEnsemble(Estimator):
         seed: int = 0,
         jitter: int = 0,
         hflip: bool = False,
+        options: FitOptions | None = None,
         **kwargs,
     ):
-        """Keywords that are not fields of the section are :class:`ensemble.engine.fit.FitOptions`: output_dir, num_cpus,
-        num_gpus, tracking_uri, experiment, ... (``num_cpus``/``num_gpus`` default to the section's resources)."""
-        aliases = {"n_specialists": "count", **{name: f"combine.{name}" for name in CombineConfig.model_fields}}
-        self.config, self.options = self._arguments(SpecialistsConfig, config, kwargs, aliases,
-                                                    {"output_dir": "runs/specialists"})
+        """``options``: where and how the specialists train (:class:`ensemble.engine.fit.FitOptions`; by default
+        ``runs/specialists`` on the section's resources). Keywords that are not fields of the section name fields of
+        ``options``: output_dir, num_cpus, num_gpus, tracking_uri, experiment, ..."""
+        self._configure(config, kwargs, options, seed=seed)
         self.generalist = generalist.eval()
         self.generalist_factory = generalist_factory or partial(copy.deepcopy, generalist)
         find_head(generalist, self.config.head)  # fail now if there is no linear head to copy
         self.train_config = self.config.train
         self.class_names = class_names
-        self.seed, self.jitter, self.hflip = seed, jitter, hflip
+        self.jitter, self.hflip = jitter, hflip
         self.specialists_: list[nn.Module] = []
-        self.results_: list[TrainResult] = []
-        self.run_ids_: dict[str, str] = {}
         self.last_info_: dict = {}
 
     @property
@@ -88,9 +87,9 @@ class SpecialistEnsemble(Estimator):
 
     def fit(self, train, val, test=None) -> "SpecialistEnsemble":
         """Splits as for ``Ensemble.fit``: ``(x, y)`` pairs of arrays or tensors, Splits or map-style datasets."""
-        splits = self._fit_splits(train, val, test)
-        self.num_classes_ = output_width(partial(predict_logits, self.generalist), splits["val"], "generalist", "val")
-        self._check_labels(splits, self.num_classes_)
+        generalist = partial(predict_logits, self.generalist)
+        splits, data_fingerprint = self._fit_data(train, val, test,
+                                                  lambda s: output_width(generalist, s["val"], "generalist", "val"))
         if self.config.source not in splits:
             raise ConfigError(f"specialists.source: no split named {self.config.source!r}")
         self.class_matrix_ = None
@@ -113,9 +112,7 @@ class SpecialistEnsemble(Estimator):
                 tags={"specialist_index": m, "group": group},
                 identity=identity,
             ))
-        data_fingerprint = fingerprint({name: s.fingerprint() for name, s in splits.items()})
-        params = {"specialists": self.config.model_dump(mode="json")}
-        with api_tracking(self.options, "SpecialistEnsemble", params) as options:
+        with self._tracking() as options:
             fitted = fit_specs(specs, splits, data_fingerprint, self.num_classes_, options)
         self.results_, self.specialists_, self.run_ids_ = fitted.results, fitted.models, fitted.run_ids
         self.quality_ = check_quality(self.results_, splits, self.num_classes_,  # warns of a model at chance
@@ -167,7 +164,7 @@ class SpecialistEnsemble(Estimator):
     def cached_outputs(self, splits, temperature: float) -> None:
         return None  # Eq. 5 depends on T, so its targets are computed when the student's T is known
 
-    def hint_module(self) -> nn.Module:
+    def hint_module(self) -> nn.Module:  # distill.hints.HintTeacher: FitNets reads hints from the generalist
         return self.generalist
 
     def evaluate(self, test) -> Evaluation:

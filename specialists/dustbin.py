@@ -10,6 +10,7 @@ from torch import nn
 
 from ensemble.base.checkpoint import tensor_fingerprint
 from ensemble.base.errors import ModelError
+from ensemble.models import heads
 
 
 def dustbin_target_map(group: list[int], num_classes: int) -> torch.Tensor:
@@ -68,21 +69,14 @@ class GroupSampler:
         return f"GroupSampler(group={self.group}, inside={len(self.inside)}, outside={len(self.outside)})"
 
 
+HEAD_FIELD = "specialists.head"
+
+
 def find_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Linear]:
-    """The classifier layer: ``head`` by module name, else the last ``nn.Linear`` registered in the model."""
-    if head is not None:
-        try:
-            layer = model.get_submodule(head)
-        except AttributeError:
-            raise ModelError(f"specialists.head: the generalist has no module named {head!r}") from None
-        if not isinstance(layer, nn.Linear):
-            raise ModelError(f"specialists.head: {head!r} is a {type(layer).__name__}, not an nn.Linear")
-        return head, layer
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ModelError("the generalist has no linear classifier head; name one with specialists.head "
-                         "(SpecialistEnsemble(head=...))")
-    return linears[-1]
+    """The generalist's classifier layer (:func:`ensemble.models.heads.find_head`), its errors naming
+    ``specialists.head``."""
+    return heads.find_head(model, head, HEAD_FIELD, "generalist",
+                           f"name one with {HEAD_FIELD} (SpecialistEnsemble(head=...))")
 
 
 class SpecialistNet(nn.Module):

@@ -43,7 +43,7 @@ def run_specialist_stage(
     specialists = SpecialistEnsemble(
         ensemble.generalist_, section, generalist_factory=ensemble.generalist_factory,
         class_names=data.class_names, seed=config.seed, jitter=config.data.shift, hflip=config.data.augment.hflip,
-        **fit_options(config, section.resources, stage_dir, tracker, parent_run_id, show_progress),
+        options=fit_options(config, section.resources, stage_dir, tracker, parent_run_id, show_progress),
     )
     specialists.fit(data.train, data.val, data.test)
     report = specialists.evaluate(data.test)

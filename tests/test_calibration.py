@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from ensemble.metrics.calibration import brier_score, expected_calibration_error, mean_kl, reliability_bins, top1_agreement
+from ensemble.metrics.calibration import (brier_score, expected_calibration_error, mean_kl, reliability_bins,
+                                          top1_agreement)
 from ensemble.metrics.scores import Score
 
 # Top-1 confidences 0.90, 0.91, 0.62, 0.70, 0.82 fall in bins 13, 13, 9, 10, 12 of 15 (width 1/15).

@@ -21,7 +21,8 @@ from helpers import quick_train
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("ensemble", "specialists", "distill")
 NAMED = ("distill.cli", "distill.pipeline", "distill.plots", "distill.sweep", "distill.sweep_report", "distill.export",
-         "specialists.grouping", "ensemble.track.tracking", "ensemble.training.trainer", "ensemble.models.registry", "ensemble.data.registry")
+         "specialists.grouping", "ensemble.track.tracking", "ensemble.training.trainer", "ensemble.models.registry",
+         "ensemble.data.registry")
 
 # Runs in a fresh interpreter: what the process looks like, as JSON-friendly values.
 SNAPSHOT = textwrap.dedent("""

@@ -9,9 +9,9 @@ from torch import nn
 
 from ensemble import Ensemble
 from ensemble.schema.sections import TrainConfig
-from ensemble.base.errors import ConfigError
+from ensemble.base.errors import ConfigError, TrainingDiverged
 from ensemble.models.registry import RegisteredModel
-from ensemble.training.packing import PackedTrainer
+from ensemble.training.packing import pack_trainer
 from ensemble.training.trainer import Trainer, TrainSpec
 
 from helpers import runs_of
@@ -48,12 +48,12 @@ def _packed(digits, tmp_path, epochs=1, folder="packed", **train):
     specs = [TrainSpec(f"member_{i}", "member", _model(digits), _train(epochs, **train), seed, pack="p")
              for i, seed in enumerate(SEEDS)]
     dirs = [tmp_path / folder / spec.name for spec in specs]
-    return PackedTrainer(specs, _splits(digits), dirs, [f"fp{i}" for i in range(len(specs))])
+    return pack_trainer(specs, _splits(digits), dirs, [f"fp{i}" for i in range(len(specs))])
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 def test_packed_members_match_members_trained_alone_on_the_same_batches(digits, tmp_path, label_smoothing):
-    packed = _packed(digits, tmp_path, label_smoothing=label_smoothing).fit()
+    packed = _packed(digits, tmp_path, label_smoothing=label_smoothing).fit_members()
     for i, seed in enumerate(SEEDS):
         spec = TrainSpec(f"alone_{i}", "member", _model(digits), _train(label_smoothing=label_smoothing), seed,
                          sampler=_PackOrder())
@@ -68,7 +68,7 @@ def test_packed_members_match_members_trained_alone_on_the_same_batches(digits, 
 
 
 def test_a_packed_run_resumes_from_its_members_checkpoints(digits, tmp_path):
-    whole = _packed(digits, tmp_path, epochs=2, folder="whole").fit()
+    whole = _packed(digits, tmp_path, epochs=2, folder="whole").fit_members()
 
     class Stop(Exception):
         pass
@@ -78,9 +78,9 @@ def test_a_packed_run_resumes_from_its_members_checkpoints(digits, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        _packed(digits, tmp_path, epochs=2, folder="cut").fit(stop_after_first_epoch)
+        _packed(digits, tmp_path, epochs=2, folder="cut").fit_members(stop_after_first_epoch)
     assert all((tmp_path / "cut" / f"member_{i}" / "checkpoints" / "epoch_0001.pt").is_file() for i in range(3))
-    resumed = _packed(digits, tmp_path, epochs=2, folder="cut").fit()
+    resumed = _packed(digits, tmp_path, epochs=2, folder="cut").fit_members()
     for a, b in zip(whole, resumed):
         assert b.resumed_from_epoch == 1 and [r["epoch"] for r in b.history] == [1, 2]
         for key in a.state_dict:  # momentum buffers came back from each member's own checkpoint
@@ -128,4 +128,56 @@ def test_bad_packs_are_one_line_errors(digits, tmp_path):
     ens = Ensemble(with_batch_norm, {"members": 2, "pack": 2, "train": {"epochs": 1}}, output_dir=tmp_path,
                    in_process=True, show_progress=False)
     with pytest.raises(ConfigError, match=r"^ensemble.pack: layer '2' keeps running statistics"):
+        ens.fit(digits.train, digits.val)
+
+
+def _blown_up(factory):
+    """The same architecture with weights so large that its first loss overflows: training it diverges."""
+
+    def build():
+        model = factory()
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(1e30)
+        return model
+
+    return build
+
+
+def test_a_diverging_packed_member_stops_with_the_error_it_gives_alone(digits, tmp_path):
+    factories = [_model(digits), _blown_up(_model(digits)), _model(digits)]
+    specs = [TrainSpec(f"member_{i}", "member", factory, _train(2), seed, pack="p")
+             for i, (factory, seed) in enumerate(zip(factories, SEEDS))]
+    with pytest.raises(TrainingDiverged) as alone:
+        Trainer(specs[1], _splits(digits), tmp_path / "alone", "a1").fit()
+    with pytest.raises(TrainingDiverged) as packed:
+        pack_trainer(specs, _splits(digits), [tmp_path / s.name for s in specs], ["f0", "f1", "f2"]).fit_members()
+    assert str(packed.value) == str(alone.value)
+    assert str(packed.value).startswith("member_1: training loss became nan in epoch 1; lower the learning rate")
+    assert "\n" not in str(packed.value)
+
+
+def test_packed_members_clip_each_its_own_gradient_as_alone(digits, tmp_path):
+    # A bound every step exceeds for some members and not for all: clipping the stack as one would differ.
+    packed = _packed(digits, tmp_path, grad_clip_norm=1.0).fit_members()
+    clipped = []
+    for i, seed in enumerate(SEEDS):
+        spec = TrainSpec(f"alone_{i}", "member", _model(digits), _train(grad_clip_norm=1.0), seed,
+                         sampler=_PackOrder())
+        alone = Trainer(spec, _splits(digits), tmp_path / f"alone_{i}", f"a{i}").fit()
+        for key, value in alone.state_dict.items():
+            torch.testing.assert_close(packed[i].state_dict[key], value, atol=2e-5, rtol=1e-4)
+        assert packed[i].history[0]["grad_clipped"] == alone.history[0]["grad_clipped"]
+        clipped.append(alone.history[0]["grad_clipped"])
+    assert 0 < max(clipped), "the case needs steps that clip"
+
+
+@pytest.mark.parametrize("option", ["channels_last", "compile"])
+def test_options_a_pack_cannot_honour_are_refused_in_one_line(digits, tmp_path, option):
+    expected = rf"^ensemble.pack: train.{option} [^\n]*; set it off or set ensemble.pack: 1$"
+    with pytest.raises(ConfigError, match=expected):
+        _packed(digits, tmp_path, **{option: True}).fit_members()
+    ens = Ensemble(_model(digits), {"members": 2, "pack": 2, "train": {"epochs": 1, option: True}},
+                   output_dir=tmp_path / "ens", in_process=True, show_progress=False)
+    with pytest.raises(ConfigError, match=expected):
         ens.fit(digits.train, digits.val)

@@ -1,4 +1,5 @@
-"""The quality guard (ensemble/metrics/quality.py): a model at chance, or a student far below its baseline, is said so in
+"""The quality guard (ensemble/metrics/quality.py): a model at chance, or a student far below its baseline, is said
+so in
 ``fit``'s warnings, the API's ``quality_``, ``results.json`` and the summary table."""
 
 import json
@@ -13,7 +14,8 @@ from torch import nn
 
 from distill import Distiller
 from ensemble import Ensemble
-from ensemble.metrics.quality import QualityWarning, assess, at_chance, base_rate, baseline_margin, chance_margin, far_below, verdict
+from ensemble.metrics.quality import (QualityWarning, assess, at_chance, base_rate, baseline_margin, chance_margin,
+                                      far_below, verdict)
 from specialists import SpecialistEnsemble
 
 from helpers import quick_train, small_mlp_factory

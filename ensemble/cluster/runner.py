@@ -18,7 +18,7 @@ from ensemble.cluster.connect import connect_ray
 from ensemble.cluster.data_parallel import fit_data_parallel
 from ensemble.data.registry import from_numpy, to_numpy
 from ensemble.data.split import Split
-from ensemble.training.packing import PackedTrainer, pack_groups
+from ensemble.training.packing import pack_groups, pack_trainer
 from ensemble.training.trainer import Trainer, TrainResult, TrainSpec, epoch_metrics, resolve_device
 
 
@@ -97,7 +97,8 @@ class TrainerActor:
             if sinks[m] is not None:
                 sinks[m](epoch_metrics(record), step=record["epoch"])
 
-        results = PackedTrainer(specs, splits, [Path(w) for w in workdirs], fingerprints, self.device).fit(on_epoch)
+        results = pack_trainer(specs, splits, [Path(w) for w in workdirs], fingerprints,
+                               self.device).fit_members(on_epoch)
         self._place(results, started)
         return results
 

@@ -1,7 +1,8 @@
 """What the Python API accepts as data, checked once at the door: every split given to ``fit``/``evaluate`` and every
 input given to ``predict_proba``/``predict``/``export`` goes through here, so bad data is one line naming the argument.
 
-A split is an ``(x, y)`` pair of numpy arrays or tensors, a :class:`ensemble.data.split.Split`, or a map-style dataset of
+A split is an ``(x, y)`` pair of numpy arrays or tensors, a :class:`~ensemble.data.split.Split`, or a map-style
+dataset of
 ``(input, label)`` pairs. Inputs ``x`` are one row per example, ``(N, features)`` or ``(N, C, H, W)``, floats (or
 booleans) used as they are, or ``uint8`` images in 0..255, scaled to [0, 1] where a model reads them (as
 ImageFolder's are); other integers are refused, since nothing says what their scale is. Labels ``y`` are class

@@ -9,12 +9,12 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ensemble.base.errors import DataError
+from ensemble.base.registry import Registry
 from ensemble.data.imagefolder import imagefolder_splits
 from ensemble.data.inputs import as_inputs, as_labels, as_split
 from ensemble.data.split import DatasetSplits, Split, check_split
@@ -133,7 +133,16 @@ def looks_unscaled(x: torch.Tensor) -> bool:
     return low >= 0 and 1 < high <= 255 and bool((x == x.round()).all())
 
 
-DATASETS: dict[str, Callable] = {
+DATASETS = Registry("dataset")
+
+
+def register_dataset(name: str):
+    """``@register_dataset("mine")`` on ``loader(root, download) -> (train, test, class_names)`` makes
+    ``data.name: mine`` work; the validation split is carved from train as for the built-in ones."""
+    return DATASETS.register(name)
+
+
+for _name, _loader in {
     "npz": _npz,
     "imagefolder": imagefolder_splits,
     "digits": _digits,
@@ -142,7 +151,8 @@ DATASETS: dict[str, Callable] = {
     "kmnist": _torchvision("KMNIST", channels_last=False),
     "cifar10": _torchvision("CIFAR10", channels_last=True),
     "cifar100": _torchvision("CIFAR100", channels_last=True),
-}
+}.items():
+    register_dataset(_name)(_loader)
 
 
 def load_dataset(
@@ -160,9 +170,7 @@ def load_dataset(
     """Load a dataset by name and carve a seeded validation split from its training set. A streamed dataset
     (``imagefolder``) is read into memory when ``in_memory`` is True, or "auto" and it fits ``memory_budget_mb``;
     otherwise it streams, from its files or, with ``decoded_cache``, from its decoded copy there."""
-    if name not in DATASETS:
-        raise DataError(f"data.name: unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
-    full_train, test, class_names = DATASETS[name](root, download)
+    full_train, test, class_names = DATASETS.lookup(name, "data.name", DataError)(root, download)
     order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(round(val_size * len(full_train))))
     if n_val >= len(full_train):

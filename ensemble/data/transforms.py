@@ -22,7 +22,8 @@ STATS_BATCH_BYTES = 2**27
 
 def channel_stats(x: torch.Tensor | LazyImages, batch: int = 8192) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) standard deviation of (N, C, ...) inputs, over every other axis, computed
-    a batch at a time in float64: an in-memory tensor, or streamed :class:`ensemble.data.streaming.LazyImages`, read once
+    a batch at a time in float64: an in-memory tensor, or streamed :class:`~ensemble.data.streaming.LazyImages`, read
+    once
     in order (every example, not a sample, so a streamed and an in-memory split give the same statistics)."""
     if len(x.shape) < 2 or not len(x):
         raise DataError(f"data.normalize needs (N, C, ...) inputs with N > 0, got shape {tuple(x.shape)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -16,10 +16,11 @@ from ensemble.cluster.data_parallel import check_workers_fit
 from ensemble.cluster.runner import Resources, TrainJob, check_feasible, connect_ray, train_many
 from ensemble.data.split import Split
 from ensemble.models.registry import check_output_width
+from ensemble.schema.loading import unknown_keyword
 from ensemble.track.model_runs import link_reused, model_params, record_run, recorded_run
 from ensemble.track.tracking import Tracker, dataset_inputs, flatten
 from ensemble.training.final_fit import cut_to_train, final_data_fingerprint, final_spec, train_and_val
-from ensemble.training.packing import PackedTrainer, check_packs, pack_groups
+from ensemble.training.packing import check_packs, pack_groups, pack_trainer
 from ensemble.training.precision import check_precision
 from ensemble.training.trainer import Trainer, TrainResult, TrainSpec, epoch_metrics
 
@@ -57,6 +58,18 @@ class FitOptions:
     @property
     def resources(self) -> Resources:
         return Resources(self.num_cpus, self.num_gpus, self.workers_per_model)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def updated(self, where: str, values: dict) -> "FitOptions":
+        """These options with ``values`` applied by field name; any other name is a one-line :class:`ConfigError`
+        naming ``where`` and the nearest field (a dataclass would raise a bare ``TypeError`` of its ``__init__``)."""
+        for key in values:
+            if key not in self.names():
+                raise ConfigError(unknown_keyword(where, key, self.names()))
+        return replace(self, **values)
 
 
 @dataclass
@@ -102,7 +115,8 @@ def api_tracking(options: FitOptions, name: str, params: dict) -> Iterator[FitOp
 
 def _without_models(params: dict) -> dict:
     """The API's sections without their ``model``: the API trains the factories it is given, not the registry model
-    that field names for the CLI (each model's run records its factory, :func:`ensemble.track.model_runs.model_params`)."""
+    that field names for the CLI (each model's run records its factory,
+    :func:`ensemble.track.model_runs.model_params`)."""
     return {name: {k: v for k, v in section.items() if k != "model"} if isinstance(section, dict) else section
             for name, section in params.items()}
 
@@ -184,8 +198,8 @@ def train_here(jobs: list[TrainJob], splits: dict[str, Split]) -> list[TrainResu
             job = members[0]
             outcome = [Trainer(job.spec, splits, job.workdir, job.fingerprint).fit(lambda r: on_epoch(0, r))]
         else:
-            outcome = PackedTrainer([j.spec for j in members], splits, [j.workdir for j in members],
-                                    [j.fingerprint for j in members]).fit(on_epoch)
+            outcome = pack_trainer([j.spec for j in members], splits, [j.workdir for j in members],
+                                   [j.fingerprint for j in members]).fit_members(on_epoch)
         results.update(zip(group, outcome))
     return [results[i] for i in range(len(jobs))]
 

@@ -77,7 +77,8 @@ class Scored:
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Scored:
-        # Through log-softmax, as every reported accuracy is (ensemble.metrics.scores): the verdict and the number agree.
+        # Through log-softmax, as every reported accuracy is (ensemble.metrics.scores): the verdict and the number
+        # agree.
         predicted = torch.log_softmax(logits.float(), dim=1).argmax(dim=1)
         accuracy = float((predicted == labels).float().mean()) if len(labels) else 0.0
         return cls(accuracy, base_rate(labels, num_classes), len(labels))

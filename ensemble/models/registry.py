@@ -17,23 +17,21 @@ from torch import nn
 
 from ensemble.base.checkpoint import state_fingerprint
 from ensemble.base.errors import ConfigError, ModelError
+from ensemble.base.registry import Registry
 from ensemble.data.transforms import NormalizedModel
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS = Registry("model")
 
 
 def register_model(name: str):
-    def decorator(factory: Callable[..., nn.Module]):
-        MODELS[name] = factory
-        return factory
-
-    return decorator
+    """``@register_model("mine")`` on ``factory(input_shape, num_classes, **params) -> nn.Module``."""
+    return MODELS.register(name)
 
 
 def check_model_params(name: str, params: dict, factory: Callable[..., nn.Module] | None = None) -> None:
     factory = factory or MODELS.get(name)
     if factory is None:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+        raise ValueError(MODELS.unknown(name))
     signature = inspect.signature(factory)
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         return
@@ -79,7 +77,8 @@ class RegisteredModel:
 
     @classmethod
     def from_config(cls, config, input_shape, num_classes: int, normalize=None) -> RegisteredModel:
-        """From a :class:`ensemble.schema.sections.ModelConfig` (name, params, version), with ``DatasetSplits.normalization``."""
+        """From a :class:`ensemble.schema.sections.ModelConfig` (name, params, version), with
+        ``DatasetSplits.normalization``."""
         return cls(config.name, tuple(input_shape), num_classes, dict(config.params), getattr(config, "version", None),
                    normalize)
 

@@ -97,7 +97,8 @@ def api_arguments(schema: type[ConfigT], config: ConfigT | dict | None, kwargs: 
                   accepted: Collection[str] = (), positional: Collection[str] = ()) -> tuple[ConfigT, dict]:
     """The Python API's one mapping to the config: ``config`` (a section, a dict or None) with the keyword arguments
     that name its fields (or an alias such as ``n_members`` -> ``members``) applied and validated; the keywords left
-    over, each one of ``accepted`` (:class:`ensemble.engine.fit.FitOptions`' fields), are returned for it. Any other keyword
+    over, each one of ``accepted`` (:class:`~ensemble.engine.fit.FitOptions`' fields), are returned for it. Any other
+    keyword
     is a one-line error naming ``where`` and the nearest valid keyword (never one of the caller's ``positional``
     parameters, which a field of the same name cannot be passed as)."""
     if not isinstance(config, (BaseModel, dict, type(None))):

@@ -55,7 +55,7 @@ class DataConfig(Section):
     def _known_dataset(cls, name: str) -> str:
 
         if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+            raise ValueError(DATASETS.unknown(name))
         return name
 
 
@@ -102,19 +102,22 @@ class TrainConfig(Section):
     select: Literal["best", "last"] = Field(
         "best", description="keep the weights of the epoch with the best validation accuracy, or of the last epoch")
     final_fit: bool = Field(
-        False, description="then retrain on train + validation for the chosen epoch count (ensemble.training.final_fit)")
+        False, description="then retrain on train + validation for the chosen epoch count "
+        "(ensemble.training.final_fit)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast the forward pass and loss; "
                                                         "fp16 (CUDA only) adds a gradient scaler")
     channels_last: bool = Field(False, description="convolutional models and inputs in channels-last memory format")
     compile: bool = Field(False, description="torch.compile the model (eager, with a warning, where unsupported)")
     grad_clip_norm: float | None = Field(None, gt=0, description="scale each step's gradient down to this L2 norm "
                                          "(over all parameters) when it is larger; the student's default is 5")
+    grad_clip_value: float | None = Field(None, gt=0, description="clamp each gradient element to [-value, value] "
+                                          "before the step (and before grad_clip_norm)")
 
     def identity(self) -> dict:
         """The settings that name a model trained with them. An option added later is left out while it keeps its
         default, which is how every model before it was trained, so those models keep their names."""
         settings = self.model_dump(mode="json")
-        for later in ("label_smoothing", "grad_clip_norm"):
+        for later in ("label_smoothing", "grad_clip_norm", "grad_clip_value"):
             if not settings[later]:
                 del settings[later]
         return settings

@@ -1,8 +1,14 @@
 """``ensemble.pack: k``: k members of one architecture trained in one actor as one vectorised model.
 
-``torch.func.stack_module_state`` stacks the members' parameters and buffers along a new first dimension, and
-``functional_call`` on one member's structure, vmapped over that dimension, runs all k in one pass: one kernel per
-layer instead of k, one read of each batch instead of k, one actor and one CUDA context instead of k.
+**A pack is a model.** ``torch.func.stack_module_state`` stacks the members' parameters and buffers along a new
+first dimension into one ``nn.Module`` (:class:`PackedModel`), whose forward is ``functional_call`` on one
+member's structure vmapped over that dimension: one kernel per layer instead of k, one read of each batch instead of
+k, one actor and one CUDA context instead of k. It is trained by the one loop, :class:`ensemble.training.trainer.
+Trainer`, which asks it for each member's slice (:class:`ensemble.training.members.MemberStack`) at the edges: each
+member's checkpoint, ``result.json``, ``model.pt``, cached logits and MLflow run are its own, in its own folder,
+exactly as when it trains alone, and a rerun resumes the pack from its members' checkpoints. Every feature of the
+loop (precision, schedules, selection, early stopping, divergence check, gradient clipping, seeding) applies to a
+pack; what cannot is refused in :func:`check_packable`.
 
 **Batch order.** The k members share one batch order (and one jitter / flip draw per batch), drawn from the pack's
 generator, seeded by the first member's seed. Each member keeps its own initial weights (built under its own seed,
@@ -10,38 +16,37 @@ exactly as when trained alone) and its own dropout masks (``vmap(randomness="dif
 an ensemble: its diversity comes mainly from the random initialisation (Lakshminarayanan et al. 2017; Fort et al.
 2019 find different initialisations reach different modes while the order of the data matters less). A packed
 member is still not the model the same member would be alone, so its fingerprint names the pack (size and order
-seed): neither is ever reused for the other. Member m's loss is its own batch-mean cross-entropy and the k losses
-are summed, so each member's gradient, optimiser step (element-wise: SGD, momentum, Adam, weight decay) and
-max-norm constraint are exactly what training it alone on the same batches gives.
-
-**From outside nothing changes**: every member has its own folder, checkpoint per epoch (its slice of the
-parameters and of the optimiser state), ``result.json``, ``model.pt``, cached logits, MLflow run and validation-based
-selection; a rerun resumes the pack from its members' checkpoints.
+seed): neither is ever reused for the other. Member m's loss is its own batch-mean cross-entropy and the objective
+returns the k losses as one vector, which the loop sums, so each member's gradient, optimiser step (element-wise:
+SGD, momentum, Adam, weight decay), gradient clipping (by the norm of its own slice) and max-norm constraint are
+exactly what training it alone on the same batches gives. Under fp16 one member's overflowing gradient makes the
+shared gradient scaler skip that step for the whole pack.
 """
 
 from __future__ import annotations
 
 import copy
-import time
-from contextlib import ExitStack
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensemble.base.checkpoint import CheckpointDir, load_verified
 from ensemble.base.errors import ConfigError
-from ensemble.base.lock import model_folder_lock
-from ensemble.data.augment import jitter
 from ensemble.data.rows import as_input
-from ensemble.data.streaming import in_order, iterate_rows
-from ensemble.data.transforms import hflip
+from ensemble.data.streaming import in_order
+from ensemble.training.members import Member
 from ensemble.training.objectives import CrossEntropy
-from ensemble.training.optim import make_optimizer, make_scheduler
-from ensemble.training.precision import autocast, check_precision, grad_scaler
-from ensemble.training.trainer import Trainer, TrainResult, TrainSpec, accuracy
+from ensemble.training.spec import sampler_identity
+from ensemble.training.trainer import Trainer, TrainSpec
+
+# Options of the one loop that a vectorised stack cannot honour, and why: the one place packs refuse them.
+UNPACKABLE = {
+    "compile": "is not supported for packed members",
+    "channels_last": "does not apply to a vectorised stack of weights",
+}
 
 
 def check_packable(specs: list[TrainSpec], models: list[nn.Module]) -> None:
@@ -53,14 +58,11 @@ def check_packable(specs: list[TrainSpec], models: list[nn.Module]) -> None:
             raise ConfigError(f"ensemble.pack: {spec.name} and {name} have different architectures; packed members "
                               "must share one (set ensemble.pack: 1)")
     plain = CrossEntropy(specs[0].train.label_smoothing).describe()
-    if any(spec.train != specs[0].train or spec.objective.describe() != plain
-           for spec in specs):
+    if any(_shared(spec) != _shared(specs[0]) or spec.objective.describe() != plain for spec in specs):
         raise ConfigError("ensemble.pack: packed members need one training config and plain cross-entropy")
-    if specs[0].train.compile:
-        raise ConfigError("ensemble.pack: train.compile is not supported for packed members (set one of them off)")
-    if specs[0].train.grad_clip_norm is not None:
-        raise ConfigError("ensemble.pack: train.grad_clip_norm would clip the packed members' gradients as one; "
-                          "unset it or set ensemble.pack: 1")
+    for option, why in UNPACKABLE.items():
+        if getattr(specs[0].train, option):
+            raise ConfigError(f"ensemble.pack: train.{option} {why}; set it off or set ensemble.pack: 1")
     for module_name, module in first.named_modules():
         if getattr(module, "track_running_stats", False):
             raise ConfigError(f"ensemble.pack: layer {module_name!r} keeps running statistics (batch norm), which a "
@@ -68,6 +70,12 @@ def check_packable(specs: list[TrainSpec], models: list[nn.Module]) -> None:
         if callable(getattr(module, "constrain", None)) and not callable(getattr(module, "constrain_stacked", None)):
             raise ConfigError(f"ensemble.pack: layer {module_name!r} constrains its weights but has no "
                               "constrain_stacked(weight) for a stack of them; set ensemble.pack: 1")
+
+
+def _shared(spec: TrainSpec) -> tuple:
+    """What a pack's members train with together: one config, one augmentation, one sampler, one label map."""
+    target_map = None if spec.target_map is None else spec.target_map.tolist()
+    return spec.train, spec.jitter, spec.hflip, sampler_identity(spec.sampler), target_map
 
 
 def pack_groups(specs: list[TrainSpec]) -> list[list[int]]:
@@ -86,236 +94,121 @@ def check_packs(specs: list[TrainSpec]) -> None:
             check_packable(members, [spec.model_factory() for spec in members])
 
 
-class PackedModel:
-    """k members as one: ``packed(x)`` maps a batch (B, ...) to every member's logits (k, B, C)."""
+def pack_trainer(specs: list[TrainSpec], data: dict, workdirs: list[Path], fingerprints: list[str],
+                 device="cpu") -> Trainer:
+    """The one :class:`Trainer` for a pack: it trains the stacked members as one model and writes each member's
+    slice into its own folder; ``fit_members(on_epoch)`` returns each member's result."""
+    first = specs[0]
+    whole = replace(first, name=first.pack or first.name, model_factory=partial(stack_members, specs),
+                    objective=PackedCrossEntropy(first.train.label_smoothing))
+    members = [Member(spec, Path(w), f) for spec, w, f in zip(specs, workdirs, fingerprints)]
+    return Trainer.of_members(whole, data, members, device)
 
-    def __init__(self, models: list[nn.Module], device: torch.device):
-        self.keys = list(models[0].state_dict())  # a member's state dict order, for its checkpoints
-        params, buffers = torch.func.stack_module_state([m.to(device) for m in models])
-        self.params = {name: nn.Parameter(p.detach()) for name, p in params.items()}
-        self.buffers = buffers
-        self.structure = copy.deepcopy(models[0]).to("meta")
-        self.constraints = [(module.constrain_stacked, self.params[f"{name}.weight"])
-                            for name, module in models[0].named_modules()
-                            if callable(getattr(module, "constrain_stacked", None))]
+
+def stack_members(specs: list[TrainSpec]) -> "PackedModel":
+    """Each member built under its own seed, as when it trains alone, then stacked."""
+    models = []
+    for spec in specs:
+        with torch.random.fork_rng(devices=[]):  # the caller's (the run's seeded) generator is left as it was
+            torch.random.default_generator.manual_seed(spec.seed)
+            models.append(spec.model_factory())
+    check_packable(specs, models)
+    return PackedModel(models)
+
+
+class PackedCrossEntropy(CrossEntropy):
+    """Every member's own batch-mean cross-entropy, one entry per member: ``{"ce": (k,)}``."""
+
+    def __call__(self, model, x, y, idx):
+        logits = model(x)  # (k, B, C)
+        k = logits.shape[0]
+        per_example = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(k), reduction="none",
+                                      label_smoothing=self.label_smoothing)
+        return logits, {"ce": per_example.view(k, -1).mean(dim=1)}
+
+
+class PackedModel(nn.Module):
+    """k members as one module: ``packed(x)`` maps a batch (B, ...) to every member's logits (k, B, C). Its
+    parameters are the stacked (k, ...) tensors, in a member's parameter order (so a member's optimiser state is
+    a slice of the pack's); a :class:`ensemble.training.members.MemberStack`."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
         self.size = len(models)
+        self.keys = list(models[0].state_dict())  # a member's state dict order, for its checkpoints
+        params, buffers = torch.func.stack_module_state(models)
+        # A member's dotted names cannot name a module's own tensors: each is registered under a flat name.
+        self.flat = {key: key.replace(".", "__") for key in [*params, *buffers]}
+        for key, value in params.items():
+            self.register_parameter(self.flat[key], nn.Parameter(value.detach()))
+        for key, value in buffers.items():
+            self.register_buffer(self.flat[key], value)
+        self.param_keys, self.buffer_keys = list(params), list(buffers)
+        # Held in a tuple, not registered: modules() is the pack alone, whose constrain() covers the stack.
+        self.structure = (copy.deepcopy(models[0]).to("meta"),)
+        self.constrained = [(module.constrain_stacked, self.flat[f"{name}.weight"])
+                            for name, module in self.structure[0].named_modules()
+                            if callable(getattr(module, "constrain_stacked", None))]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _stacked(self, key: str) -> torch.Tensor:
+        return getattr(self, self.flat[key])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        structure = self.structure[0]
+
         def one(params, buffers, inputs):
-            return torch.func.functional_call(self.structure, (params, buffers), (inputs,))
+            return torch.func.functional_call(structure, (params, buffers), (inputs,))
 
-        return torch.func.vmap(one, in_dims=(0, 0, None), randomness="different")(self.params, self.buffers, x)
+        params = {key: self._stacked(key) for key in self.param_keys}
+        buffers = {key: self._stacked(key) for key in self.buffer_keys}
+        return torch.func.vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
 
-    def train(self, mode: bool = True) -> None:
-        self.structure.train(mode)
-
-    def parameter_list(self) -> nn.ParameterList:
-        return nn.ParameterList(self.params.values())  # named_parameters order: a member's optimiser order
+    def train(self, mode: bool = True) -> "PackedModel":
+        super().train(mode)
+        self.structure[0].train(mode)  # dropout reads the structure's mode
+        return self
 
     @torch.no_grad()
     def constrain(self) -> None:
-        for constrain_stacked, weight in self.constraints:
-            constrain_stacked(weight)
+        for constrain_stacked, flat in self.constrained:
+            constrain_stacked(getattr(self, flat))
 
     def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        tensors = {**self.params, **self.buffers}
-        return {key: tensors[key][m].detach().to("cpu", copy=True) for key in self.keys}
+        return {key: self._stacked(key)[m].detach().to("cpu", copy=True) for key in self.keys}
 
     @torch.no_grad()
     def load_member_state(self, m: int, state: dict[str, torch.Tensor]) -> None:
-        tensors = {**self.params, **self.buffers}
         for key in self.keys:
-            tensors[key][m].copy_(state[key])
+            self._stacked(key)[m].copy_(state[key])
+
+    def member_optimizer_state(self, state: dict, m: int) -> dict:
+        """Scalars such as Adam's step are shared by the members."""
+        return {"state": {i: {k: (v[m].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in s.items()}
+                          for i, s in state["state"].items()},
+                "param_groups": copy.deepcopy(state["param_groups"])}
+
+    def stacked_optimizer_state(self, states: list[dict]) -> dict:
+        first = states[0]
+        return {"state": {i: {k: (torch.stack([s["state"][i][k] for s in states])
+                                  if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in first["state"][i].items()}
+                          for i in first["state"]},
+                "param_groups": first["param_groups"]}
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """``clip_grad_norm_`` of each member's own slice: its norm, and the same ``max_norm / (norm + 1e-6)``."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros(self.size)
+        norms = torch.stack([g.detach().flatten(1).float().pow(2).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
+        return norms
 
     @torch.no_grad()
-    def logits(self, x, batch_size: int, device: torch.device) -> torch.Tensor:
-        """(k, N, C) logits of every member for every row of ``x``, in order, in eval mode."""
+    def member_logits(self, x, batch_size: int, device: torch.device) -> torch.Tensor:
+        was_training = self.training
         self.train(False)
         out = [self(as_input(inputs.to(device))).float().cpu() for inputs in in_order(x, batch_size)]
-        return torch.cat(out, dim=1)
-
-
-def member_optimizer_state(state: dict, m: int) -> dict:
-    """Member m's slice of a stacked optimiser's state: what its own optimiser would hold (scalars such as Adam's
-    step are shared)."""
-    return {"state": {i: {k: (v[m].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in s.items()}
-                      for i, s in state["state"].items()},
-            "param_groups": copy.deepcopy(state["param_groups"])}
-
-
-def stacked_optimizer_state(states: list[dict]) -> dict:
-    first = states[0]
-    return {"state": {i: {k: (torch.stack([s["state"][i][k] for s in states]) if torch.is_tensor(v) and v.dim() > 0
-                              else v) for k, v in first["state"][i].items()}
-                      for i in first["state"]},
-            "param_groups": first["param_groups"]}
-
-
-class PackedTrainer:
-    """Trains k member specs as one :class:`PackedModel`; each member's files are those :class:`Trainer` writes."""
-
-    def __init__(self, specs: list[TrainSpec], data: dict, workdirs: list[Path], fingerprints: list[str],
-                 device="cpu"):
-        self.specs, self.data, self.device = specs, data, torch.device(device)
-        self.members = [Trainer(s, data, w, f, device) for s, w, f in zip(specs, workdirs, fingerprints)]
-        self.train_config = specs[0].train
-
-    def fit(self, on_epoch: Callable[[int, dict], None] | None = None) -> list[TrainResult]:
-        finished = [member.load_finished() for member in self.members]
-        if all(result is not None for result in finished):
-            return finished
-        with ExitStack() as locks:
-            for member in self.members:
-                member.workdir.mkdir(parents=True, exist_ok=True)
-                locks.enter_context(model_folder_lock(member.workdir, member.spec.name))
-            with torch.random.fork_rng(devices=[]):
-                return self._train(on_epoch)
-
-    def _train(self, on_epoch) -> list[TrainResult]:
-        run = self._start()
-        patience = self.train_config.early_stopping_patience
-        for epoch in range(run["start_epoch"], self.train_config.epochs):
-            if patience is not None and all(since >= patience for since in run["since_best"]):
-                break
-            records = self._train_epoch(run, epoch)
-            for m, record in enumerate(records):
-                if on_epoch is not None:
-                    on_epoch(m, record)
-        results = []
-        for m, member in enumerate(self.members):
-            model = member.spec.model_factory()
-            model.load_state_dict(run["best"][m]["state"] or run["packed"].member_state(m))
-            results.append(member._finish(model.to(self.device), run["history"][m], run["best"][m],
-                                          run["start_epoch"]))
-        return results
-
-    def _start(self) -> dict:
-        check_precision(self.train_config.precision, self.device)
-        models = []
-        for spec in self.specs:  # each member's initial weights under its own seed, as when trained alone
-            torch.random.default_generator.manual_seed(spec.seed)
-            models.append(spec.model_factory())
-        check_packable(self.specs, models)
-        packed = PackedModel(models, self.device)
-        optimizer = make_optimizer(packed.parameter_list(), self.train_config)
-        k = len(models)
-        run = {"packed": packed, "optimizer": optimizer,
-               "scheduler": make_scheduler(optimizer, self.train_config, self.members[0]._steps_per_epoch()),
-               "generator": torch.Generator().manual_seed(self.specs[0].seed),
-               "scaler": grad_scaler(self.train_config.precision, self.device), "start_epoch": 0,
-               "history": [[] for _ in range(k)], "since_best": [0] * k,
-               "best": [{"val_accuracy": -1.0, "epoch": 0, "state": None} for _ in range(k)]}
-        self._resume(run)
-        return run
-
-    def _resume(self, run: dict) -> None:
-        """From the members' checkpoints at their newest common epoch (written together; a crash between two
-        writes leaves one member an epoch ahead, and training is deterministic, so the older epoch is as good)."""
-        dirs = [member.checkpoints for member in self.members]
-        latest = [d.latest() for d in dirs]
-        if any(c is None or c.get("fingerprint") != m.fingerprint for c, m in zip(latest, self.members)):
-            return
-        epoch = min(c["epoch"] for c in latest)
-        checkpoints = [c if c["epoch"] == epoch else _at(d, epoch) for c, d in zip(latest, dirs)]
-        if any(c is None for c in checkpoints):
-            return
-        for m, checkpoint in enumerate(checkpoints):
-            run["packed"].load_member_state(m, checkpoint["model"])
-        run["optimizer"].load_state_dict(stacked_optimizer_state([c["optimizer"] for c in checkpoints]))
-        first = checkpoints[0]
-        if run["scheduler"] is not None and first.get("scheduler"):
-            run["scheduler"].load_state_dict(first["scheduler"])
-        if run["scaler"] is not None and first.get("scaler"):
-            run["scaler"].load_state_dict(first["scaler"])
-        run["generator"].set_state(first["generator"])
-        torch.set_rng_state(first["torch_rng"])
-        run["history"] = [c["history"] for c in checkpoints]
-        run["best"] = [c["best"] for c in checkpoints]
-        run["since_best"] = [epoch - b["epoch"] if b["epoch"] else 0 for b in run["best"]]
-        run["start_epoch"] = epoch
-
-    def _train_epoch(self, run: dict, epoch: int) -> list[dict]:
-        started = time.perf_counter()
-        packed, spec, cfg = run["packed"], self.specs[0], self.train_config
-        n_train = len(self.data["train"])
-        order = (spec.sampler.epoch_order(n_train, run["generator"]) if spec.sampler is not None
-                 else torch.randperm(n_train, generator=run["generator"]))
-        ce_sums = self._batches(run, order)
-        lr = run["optimizer"].param_groups[0]["lr"]
-        if run["scheduler"] is not None and cfg.scheduler.name != "onecycle":
-            run["scheduler"].step()
-        train_seconds = time.perf_counter() - started
-        val = packed.logits(self.data["val"].x, cfg.eval_batch_size, self.device)
-        test = packed.logits(self.data["test"].x, cfg.eval_batch_size, self.device) if "test" in self.data else None
-        records = []
-        for m, member in enumerate(self.members):
-            ce = float(ce_sums[m]) / len(order)
-            record = {"epoch": epoch + 1, "train_loss": ce, "train_ce": ce,
-                      "val_accuracy": accuracy(val[m], member._labels("val")), "lr": lr}
-            self._select(run, m, record, epoch)
-            record.update(epoch_seconds=time.perf_counter() - started, samples_per_second=len(order) / train_seconds)
-            if test is not None:
-                record["test_accuracy"] = accuracy(test[m], member._labels("test"))
-            run["history"][m].append(record)
-            records.append(record)
-        self._checkpoint(run, epoch + 1)
-        return records
-
-    def _select(self, run: dict, m: int, record: dict, epoch: int) -> None:
-        if record["val_accuracy"] > run["best"][m]["val_accuracy"] or self.train_config.select == "last":
-            run["best"][m] = {"val_accuracy": record["val_accuracy"], "epoch": epoch + 1,
-                              "state": run["packed"].member_state(m)}
-            run["since_best"][m] = 0
-        else:
-            run["since_best"][m] += 1
-
-    def _batches(self, run: dict, order: torch.Tensor) -> torch.Tensor:
-        """One epoch's steps; returns each member's example-weighted sum of its batch-mean cross-entropy."""
-        packed, spec, cfg = run["packed"], self.specs[0], self.train_config
-        x_train, y_train = self.data["train"].x, self.members[0]._labels("train")
-        ce_sums = torch.zeros(packed.size)
-        packed.train(True)
-        for idx, inputs in iterate_rows(x_train, order, cfg.batch_size, pin_memory=self.device.type == "cuda"):
-            xb = as_input(inputs.to(self.device, non_blocking=True))
-            if spec.jitter:
-                xb = jitter(xb, spec.jitter, run["generator"])
-            if spec.hflip:
-                xb = hflip(xb, run["generator"])
-            yb = y_train[idx].to(self.device, non_blocking=True)
-            with autocast(cfg.precision, self.device):
-                logits = packed(xb)
-            per_member = F.cross_entropy(logits.float().flatten(0, 1), yb.repeat(packed.size), reduction="none",
-                                         label_smoothing=cfg.label_smoothing).view(packed.size, -1).mean(dim=1)
-            run["optimizer"].zero_grad(set_to_none=True)
-            _step(run, per_member.sum())
-            if cfg.scheduler.name == "onecycle":
-                run["scheduler"].step()
-            packed.constrain()
-            ce_sums += per_member.detach().cpu() * len(idx)
-        return ce_sums
-
-    def _checkpoint(self, run: dict, epoch: int) -> None:
-        optimizer_state = run["optimizer"].state_dict()
-        for m, member in enumerate(self.members):
-            member.checkpoints.save(epoch, {
-                "fingerprint": member.fingerprint, "epoch": epoch, "model": run["packed"].member_state(m),
-                "optimizer": member_optimizer_state(optimizer_state, m),
-                "scheduler": run["scheduler"].state_dict() if run["scheduler"] is not None else {},
-                "generator": run["generator"].get_state(), "objective": {}, "torch_rng": torch.get_rng_state(),
-                "history": run["history"][m], "best": run["best"][m],
-                "scaler": run["scaler"].state_dict() if run["scaler"] is not None else {}})
-
-
-def _step(run: dict, loss: torch.Tensor) -> None:
-    if run["scaler"] is None:
-        loss.backward()
-        run["optimizer"].step()
-        return
-    run["scaler"].scale(loss).backward()
-    run["scaler"].step(run["optimizer"])
-    run["scaler"].update()
-
-
-def _at(checkpoints: CheckpointDir, epoch: int) -> dict | None:
-
-    return load_verified(checkpoints.root / f"epoch_{epoch:04d}.pt")
+        self.train(was_training)
+        return torch.cat(out, dim=1) if out else torch.empty(self.size, 0)

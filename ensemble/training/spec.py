@@ -49,7 +49,8 @@ class TrainSpec:
     tags: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)  # anything else that defines the model, e.g. initial weights
     hflip: bool = False  # mirror a random half of each batch (data.augment.hflip)
-    pack: str | None = None  # specs with the same pack train together as one vectorised model (ensemble.training.packing)
+    # specs with the same pack train together as one vectorised model (ensemble.training.packing)
+    pack: str | None = None
 
     def __post_init__(self):
         # An objective need not subclass Objective; one without the method gets the base's answer (refuse if asked).

@@ -2,10 +2,11 @@
 
 A teacher gives soft targets for a batch at temperature T (:meth:`Teacher.online`, a module that can travel to a
 Ray actor and run on augmented inputs), its targets for whole splits by sample index when it has them cached
-(:meth:`Teacher.cached_outputs`), the module a hint is read from (:meth:`Teacher.hint_module`), and a name for tags
-and fingerprints (:meth:`Teacher.teacher_name`). :class:`ensemble.api.Ensemble`,
-:class:`specialists.api.SpecialistEnsemble` and :class:`ModuleTeacher` (any ``nn.Module``) implement it; a user's
-own teacher only has to provide the same four methods.
+(:meth:`Teacher.cached_outputs`), and a name for tags and fingerprints (:meth:`Teacher.teacher_name`): what any
+teacher has. :class:`ensemble.api.Ensemble`, :class:`specialists.api.SpecialistEnsemble` and :class:`ModuleTeacher`
+(any ``nn.Module``) implement it; a user's own teacher only has to provide the same three methods. What a
+distillation method needs beyond them (FitNets' hint network, top-K targets) is distill's to declare
+(:mod:`distill.hints`, :mod:`distill.topk`).
 """
 
 from __future__ import annotations
@@ -24,22 +25,25 @@ from ensemble.training.soft_targets import Mean, ensemble_probs, temperature_sof
 
 @dataclass
 class TeacherOutputs:
+    """A teacher's targets for some rows. A stage above may add fields (distill's top-K targets): every field is
+    indexed and moved alike, so rows and devices work for those too."""
+
     probs: torch.Tensor | None = None  # (N, C) soft targets at the training temperature
     logits: torch.Tensor | None = None  # (N, C) log-probabilities at T = 1
-    top: object = None  # instead of probs: the top-K targets (distill.topk.TopK), for many classes
 
     @staticmethod
     def cat(parts: Sequence["TeacherOutputs"]) -> "TeacherOutputs":
         return TeacherOutputs(torch.cat([p.probs for p in parts]), torch.cat([p.logits for p in parts]))
 
+    def _map(self, fn) -> "TeacherOutputs":
+        return type(self)(**{name: None if value is None else fn(value) for name, value in vars(self).items()})
+
     def __getitem__(self, rows) -> "TeacherOutputs":
         """The rows of these sample ids (a cache is indexed by sample id)."""
-        pick = [None if t is None else t[rows] for t in (self.probs, self.logits, self.top)]
-        return TeacherOutputs(*pick)
+        return self._map(lambda t: t[rows])
 
     def to(self, device) -> "TeacherOutputs":
-        moved = [None if t is None else t.to(device) for t in (self.probs, self.logits, self.top)]
-        return TeacherOutputs(*moved)
+        return self._map(lambda t: t.to(device))
 
 
 @runtime_checkable
@@ -53,9 +57,6 @@ class Teacher(Protocol):
     def cached_outputs(self, splits: Sequence[Split], temperature: float) -> TeacherOutputs | None:
         """Targets for the rows of ``splits`` concatenated (row i = example i), or None when none are cached."""
 
-    def hint_module(self) -> nn.Module:
-        """The network whose hidden layers give hints (FitNets)."""
-
 
 def as_teacher(teacher) -> Teacher:
     """``teacher`` itself when it implements :class:`Teacher`; a plain ``nn.Module`` becomes a ModuleTeacher."""
@@ -63,8 +64,8 @@ def as_teacher(teacher) -> Teacher:
         return teacher
     if isinstance(teacher, nn.Module):
         return ModuleTeacher(teacher)
-    raise TypeError(f"teacher: expected an nn.Module or an object with teacher_name, online, cached_outputs and "
-                    f"hint_module (the Teacher protocol), got {type(teacher).__name__}")
+    raise TypeError(f"teacher: expected an nn.Module or an object with teacher_name, online and cached_outputs "
+                    f"(the Teacher protocol), got {type(teacher).__name__}")
 
 
 @torch.no_grad()
@@ -105,7 +106,7 @@ class ModuleTeacher:
     def cached_outputs(self, splits: Sequence[Split], temperature: float) -> TeacherOutputs | None:
         return None
 
-    def hint_module(self) -> nn.Module:
+    def hint_module(self) -> nn.Module:  # distill.hints.HintTeacher: a plain network gives its own hints
         return self.module
 
 

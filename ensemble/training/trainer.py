@@ -10,23 +10,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ensemble.base.checkpoint import CheckpointDir, load_verified, save_verified
+from ensemble.base.checkpoint import save_verified
 from ensemble.base.errors import CheckpointError, TrainingDiverged
 from ensemble.base.lock import model_folder_lock
-from ensemble.base.records import has_fields, read_json, write_json
+from ensemble.base.records import write_json
 from ensemble.data.augment import jitter
 from ensemble.data.rows import as_input
 from ensemble.data.split import Split
 from ensemble.data.streaming import in_order, iterate_rows
 from ensemble.data.transforms import hflip
 from ensemble.metrics.scores import Score
-from ensemble.training.objectives import Objective
+from ensemble.training.members import Member, MemberStack, Run
 from ensemble.training.optim import make_optimizer, make_scheduler
 from ensemble.training.precision import autocast, check_precision, grad_scaler, prepare, to_memory_format
 from ensemble.training.spec import TrainResult, TrainSpec
@@ -52,106 +52,70 @@ def resolve_device(num_gpus: float) -> torch.device:
     return torch.device("cuda") if num_gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
-# What a damaged record of a finished model (result.json, model.pt, logits.pt) costs: the model is unfinished again.
-AGAIN = "the model counts as unfinished: it resumes from its newest valid checkpoint (or trains again)"
+class Alone:
+    """A plain model as a :class:`MemberStack` of one: its slices are the model itself."""
 
+    size = 1
 
-@dataclass
-class _Run:
-    """One training run's mutable state, saved whole in every checkpoint."""
+    def __init__(self, model: nn.Module):
+        self.model = model
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    generator: torch.Generator
-    objective: Objective
-    constraints: list
-    history: list[dict] = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"val_accuracy": -1.0, "epoch": 0, "state": None})
-    start_epoch: int = 0
-    epochs_since_best: int = 0
-    stepped: object = None  # what the steps call: the model, channels-last and/or compiled
-    scaler: object = None  # fp16's gradient scaler
-    clip: float | None = None  # train.grad_clip_norm
-    clipped: object = 0  # steps of this epoch whose gradient was clipped (a tensor: no device sync per step)
-    clip_steps: int = 0  # steps of this epoch that were checked: this worker's own, under data parallelism
+    def member_state(self, m: int) -> dict[str, torch.Tensor]:
+        return _cpu_state(self.model)
 
-    def step(self, loss: torch.Tensor) -> None:
-        if self.scaler is None:
-            loss.backward()
-            self._clip()
-            self.optimizer.step()
-            return
-        self.scaler.scale(loss).backward()
-        if self.clip is not None:
-            self.scaler.unscale_(self.optimizer)  # the threshold is on the true gradient, not the scaled one
-        self._clip()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+    def load_member_state(self, m: int, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
 
-    def _clip(self) -> None:
-        # A few huge early steps (a T²-scaled soft term on a wide CNN head) can drive every BatchNorm shift below
-        # zero and leave all ReLUs dead for good; a bounded step cannot. A data-parallel group clips alike: DDP
-        # has averaged the gradients by now.
-        if self.clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-            self.clipped = self.clipped + (norm > self.clip)
-            self.clip_steps += 1
+    def member_optimizer_state(self, state: dict, m: int) -> dict:
+        return state
 
-    def checkpoint(self, fingerprint: str, epoch: int) -> dict:
-        return {"fingerprint": fingerprint, "epoch": epoch, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-                "generator": self.generator.get_state(), "objective": self.objective.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": self.history, "best": self.best,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
+    def stacked_optimizer_state(self, states: list[dict]) -> dict:
+        return states[0]
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).reshape(1)
+
+    def member_logits(self, x, batch_size: int, device: torch.device) -> torch.Tensor:
+        return predict_logits(self.model, x, batch_size, device).unsqueeze(0)
 
 
 class Trainer:
-    """Trains one :class:`TrainSpec` on in-memory splits, checkpointing into ``workdir``."""
+    """Trains one :class:`TrainSpec` on in-memory splits, checkpointing into ``workdir``; or (:meth:`of_members`) a
+    model made of several members (a pack), each member checkpointed into and written to its own folder."""
 
     def __init__(self, spec: TrainSpec, data: dict[str, Split], workdir: Path, fingerprint: str, device="cpu",
                  shard: tuple[int, int] = (0, 1)):
-        """``shard = (rank, world)``: one of ``world`` data-parallel workers (:mod:`ensemble.cluster.data_parallel`); each
-        takes rows ``rank::world`` of every batch, and only rank 0 writes files."""
+        """``shard = (rank, world)``: one of ``world`` data-parallel workers (:mod:`ensemble.cluster.data_parallel`);
+        each takes rows ``rank::world`` of every batch, and only rank 0 writes files."""
         self.spec = spec
         self.data = data
-        self.workdir = Path(workdir)
-        self.fingerprint = fingerprint
+        self.members = [Member(spec, workdir, fingerprint)]
         self.device = torch.device(device)
-        self.checkpoints = CheckpointDir(self.workdir / "checkpoints")
         self.rank, self.world = shard
         self.writes = self.rank == 0
 
-    # --- finished work on disk ---
+    @classmethod
+    def of_members(cls, spec: TrainSpec, data: dict[str, Split], members: list[Member], device="cpu") -> "Trainer":
+        """``spec`` trains the whole (its model a :class:`MemberStack` of ``len(members)``); ``members`` name, role
+        and place each member's files, selection, divergence check and ``on_epoch`` records."""
+        trainer = cls(spec, data, members[0].workdir, members[0].fingerprint, device)
+        trainer.members = members
+        return trainer
+
+    # --- finished work on disk (a single model's; each member of a pack is a Member of its own) ---
 
     def is_finished(self) -> bool:
-        """Cheap check (no tensors loaded): a result for this exact fingerprint is on disk."""
-        summary = self.read_summary()
-        return summary is not None and summary["fingerprint"] == self.fingerprint
+        return all(member.is_finished() for member in self.members)
 
     def read_summary(self) -> dict | None:
-        """``result.json``, or ``None`` when missing or damaged: a damaged one makes the model unfinished."""
-        return read_json(self.workdir / "result.json", AGAIN, valid=lambda v: has_fields(
-            v, fingerprint=str, metrics=dict, history=list))
+        return self.members[0].read_summary()
 
     def load_finished(self) -> TrainResult | None:
-        summary = self.read_summary()
-        if summary is None or summary["fingerprint"] != self.fingerprint:
-            return None
-        state = load_verified(self.workdir / "model.pt", AGAIN)
-        logits = load_verified(self.workdir / "logits.pt", AGAIN) if state is not None else None
-        if state is None or not isinstance(logits, dict):
-            return None
-        for split, data in self.data.items():
-            rows = len(logits[split]) if split in logits else 0
-            if rows != len(data):
-                raise CheckpointError(
-                    f"{self.workdir / 'logits.pt'}: stale teacher cache, {rows} rows of {split} logits for a "
-                    f"{len(data)}-example {split} split; delete the file and rerun to recompute it from model.pt")
-        return TrainResult(
-            self.spec.name, self.spec.role, state, logits, summary["history"], summary["metrics"], reused=True
-        )
+        return self.members[0].load_finished(self.data)
+
+    def _all_finished(self) -> list[TrainResult] | None:
+        finished = [member.load_finished(self.data) for member in self.members]
+        return finished if all(result is not None for result in finished) else None
 
     def _steps_per_epoch(self) -> int:
         n_train = len(self.data["train"]) if "train" in self.data else 0
@@ -167,18 +131,27 @@ class Trainer:
     # --- training ---
 
     def fit(self, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-        finished = self.load_finished()
+        """Train (or reuse) the one model; ``on_epoch(record)`` after each epoch."""
+        (result,) = self.fit_members(None if on_epoch is None else lambda m, record: on_epoch(record))
+        return result
+
+    def fit_members(self, on_epoch: Callable[[int, dict], None] | None = None) -> list[TrainResult]:
+        """Train (or reuse) every member; ``on_epoch(m, record)`` after each epoch, for each member m."""
+        finished = self._all_finished()
         if finished is not None:
             return finished
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        for member in self.members:
+            member.workdir.mkdir(parents=True, exist_ok=True)
         if not self.writes:  # rank 0 of the same data-parallel group holds the folder
             return self._train_forked(on_epoch)
         # One writer per model folder: another process (a second run, an orphaned actor) waits here or is refused.
-        with model_folder_lock(self.workdir, self.spec.name):
+        with ExitStack() as locks:
+            for member in self.members:
+                locks.enter_context(model_folder_lock(member.workdir, member.spec.name))
             # The holder we waited for may have finished this very model.
-            return self.load_finished() or self._train_forked(on_epoch)
+            return self._all_finished() or self._train_forked(on_epoch)
 
-    def _train_forked(self, on_epoch: Callable[[dict], None] | None) -> TrainResult:
+    def _train_forked(self, on_epoch: Callable[[int, dict], None] | None) -> list[TrainResult]:
         """Train on a fork of torch's global generators: the caller's RNG state (a notebook's, a Tune trial's
         ``in_process`` fit) is the same afterwards, whatever training drew from it or seeded it to."""
         cuda = [self._cuda_index()] if self.device.type == "cuda" else []
@@ -197,64 +170,81 @@ class Trainer:
             with torch.cuda.device(self._cuda_index()):
                 torch.cuda.manual_seed(seed)
 
-    def _train(self, on_epoch: Callable[[dict], None] | None) -> TrainResult:
+    def _train(self, on_epoch: Callable[[int, dict], None] | None) -> list[TrainResult]:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             self.data = inputs_on_device(self.data, self.device, free)
         run = self._start()
         patience = self.spec.train.early_stopping_patience
         for epoch in range(run.start_epoch, self.spec.train.epochs):
-            if patience is not None and run.epochs_since_best >= patience:
+            if patience is not None and min(run.epochs_since_best) >= patience:
                 break
-            record = self._train_epoch(run, epoch)
-            if on_epoch is not None:
-                on_epoch(record)
+            records = self._train_epoch(run, epoch)
+            for m, record in enumerate(records):
+                if on_epoch is not None:
+                    on_epoch(m, record)
         # Early stopping keeps the weights with the best validation accuracy.
-        if run.best["state"] is not None:
-            run.model.load_state_dict(run.best["state"])
-        return self._finish(run.model, run.history, run.best, run.start_epoch)
+        for m, best in enumerate(run.best):
+            if best["state"] is not None:
+                run.members.load_member_state(m, best["state"])
+        return self._finish(run)
 
-    def _start(self) -> _Run:
+    def _start(self) -> Run:
         """The model, optimiser, schedule and generators, seeded; then the latest checkpoint's state, if any."""
         spec, train_cfg = self.spec, self.spec.train
         check_precision(train_cfg.precision, self.device)
         self._seed_global_rng(spec.seed)
         model = spec.model_factory().to(self.device)
+        members = model if isinstance(model, MemberStack) else Alone(model)
+        if members.size != len(self.members):
+            raise ValueError(f"{spec.name}: a model of {members.size} members trained as {len(self.members)}")
         optimizer = make_optimizer(model, train_cfg)
-        run = _Run(model, optimizer, make_scheduler(optimizer, train_cfg, self._steps_per_epoch()),
-                   torch.Generator().manual_seed(spec.seed), spec.objective.to(self.device),
-                   [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))],
-                   stepped=data_parallel(prepare(model, train_cfg.channels_last, train_cfg.compile, spec.name),
-                                         self.world),
-                   scaler=grad_scaler(train_cfg.precision, self.device), clip=train_cfg.grad_clip_norm)
-        checkpoint = self.checkpoints.latest()
-        if checkpoint is not None:
-            self._resume(run, checkpoint)
+        run = Run(model, members, optimizer, make_scheduler(optimizer, train_cfg, self._steps_per_epoch()),
+                  torch.Generator().manual_seed(spec.seed), spec.objective.to(self.device),
+                  [m.constrain for m in model.modules() if callable(getattr(m, "constrain", None))],
+                  stepped=data_parallel(prepare(model, train_cfg.channels_last, train_cfg.compile, spec.name),
+                                        self.world),
+                  scaler=grad_scaler(train_cfg.precision, self.device), train=train_cfg)
+        self._resume(run)
         return run
 
-    def _resume(self, run: _Run, checkpoint: dict) -> None:
-        if checkpoint.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(f"{self.checkpoints.root}: checkpoint belongs to another model or config")
+    def _resume(self, run: Run) -> None:
+        """From the members' checkpoints at their newest common epoch (a pack's are written one after another; a
+        crash between two writes leaves one an epoch ahead, and training is deterministic: the older is as good)."""
+        latest = [member.checkpoints.latest() for member in self.members]
+        if any(checkpoint is None for checkpoint in latest):
+            return
+        for member, checkpoint in zip(self.members, latest):
+            if checkpoint.get("fingerprint") != member.fingerprint:
+                raise CheckpointError(f"{member.checkpoints.root}: checkpoint belongs to another model or config")
+        epoch = min(checkpoint["epoch"] for checkpoint in latest)
+        checkpoints = [c if c["epoch"] == epoch else member.checkpoint_at(epoch)
+                       for c, member in zip(latest, self.members)]
+        if any(checkpoint is None for checkpoint in checkpoints):
+            return
         try:
-            run.model.load_state_dict(checkpoint["model"])
-            run.optimizer.load_state_dict(checkpoint["optimizer"])
+            for m, checkpoint in enumerate(checkpoints):
+                run.members.load_member_state(m, checkpoint["model"])
+            run.optimizer.load_state_dict(run.members.stacked_optimizer_state([c["optimizer"] for c in checkpoints]))
         except (RuntimeError, ValueError, KeyError) as err:
             detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
-            raise CheckpointError(f"{self.checkpoints.root}: checkpoint does not fit the model ({detail}); "
+            raise CheckpointError(f"{self.members[0].checkpoints.root}: checkpoint does not fit the model ({detail}); "
                                   "it was saved by another architecture") from None
-        if run.scheduler is not None and checkpoint.get("scheduler"):
-            run.scheduler.load_state_dict(checkpoint["scheduler"])
-        run.objective.load_state_dict(checkpoint.get("objective", {}))
-        if run.scaler is not None and checkpoint.get("scaler"):
-            run.scaler.load_state_dict(checkpoint["scaler"])
-        run.generator.set_state(checkpoint["generator"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        run.history, run.best, run.start_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"]
-        run.epochs_since_best = run.start_epoch - run.best["epoch"] if run.best["epoch"] else 0
+        first = checkpoints[0]  # the schedule, scaler and generators are the whole's: every member saved the same
+        if run.scheduler is not None and first.get("scheduler"):
+            run.scheduler.load_state_dict(first["scheduler"])
+        run.objective.load_state_dict(first.get("objective", {}))
+        if run.scaler is not None and first.get("scaler"):
+            run.scaler.load_state_dict(first["scaler"])
+        run.generator.set_state(first["generator"])
+        torch.set_rng_state(first["torch_rng"])
+        run.history, run.best = [c["history"] for c in checkpoints], [c["best"] for c in checkpoints]
+        run.start_epoch = epoch
+        run.epochs_since_best = [epoch - best["epoch"] if best["epoch"] else 0 for best in run.best]
 
-    def _train_epoch(self, run: _Run, epoch: int) -> dict:
-        """One pass over the epoch's order, then validation, selection and a checkpoint; returns the epoch's record."""
-        spec = self.spec
+    def _train_epoch(self, run: Run, epoch: int) -> list[dict]:
+        """One pass over the epoch's order, then validation, selection and checkpoints; returns each member's record."""
+        spec, eval_bs = self.spec, self.spec.train.eval_batch_size
         started = time.perf_counter()
         run.model.train()
         n_train = len(self.data["train"])
@@ -266,31 +256,47 @@ class Trainer:
         if run.scheduler is not None and spec.train.scheduler.name != "onecycle":
             run.scheduler.step()
         train_seconds = time.perf_counter() - started
-        terms_mean = {name: float(total) / len(order) for name, total in term_sums.items()}
-        train_loss = sum(v for name, v in terms_mean.items() if name not in monitored)
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"{spec.name}: training loss became {train_loss} in epoch {epoch + 1}; "
-                                   "lower the learning rate (train.optimizer.lr) or check the inputs")
-        record = {"epoch": epoch + 1, "train_loss": train_loss,
-                  **{f"train_{name}": value for name, value in terms_mean.items()},
-                  "val_accuracy": self._accuracy(run.model, "val"), "lr": lr}
-        if run.clip is not None:
-            record["grad_clipped"] = float(run.clipped) / max(1, run.clip_steps)
-        if record["val_accuracy"] > run.best["val_accuracy"] or spec.train.select == "last":
-            run.best = {"val_accuracy": record["val_accuracy"], "epoch": epoch + 1, "state": _cpu_state(run.model)}
-            run.epochs_since_best = 0
-        else:
-            run.epochs_since_best += 1
-        record.update(epoch_seconds=time.perf_counter() - started, samples_per_second=len(order) / train_seconds)
+        records = [self._train_record(member, epoch, lr, term_sums, monitored, len(order), m)
+                   for m, member in enumerate(self.members)]
+        val = run.members.member_logits(self.data["val"].x, eval_bs, self.device)
+        for m, record in enumerate(records):
+            record["val_accuracy"] = accuracy(val[m], self._labels("val"))
+            if run.clip is not None:
+                record["grad_clipped"] = run.clipped_share()[m]
+            self._select(run, m, record, epoch)
+            record.update(epoch_seconds=time.perf_counter() - started, samples_per_second=len(order) / train_seconds)
         if "test" in self.data:
             # For learning curves only: selection and early stopping never look at the test split.
-            record["test_accuracy"] = self._accuracy(run.model, "test")
-        run.history.append(record)
-        if self.writes:
-            self.checkpoints.save(epoch + 1, run.checkpoint(self.fingerprint, epoch + 1))
-        return record
+            test = run.members.member_logits(self.data["test"].x, eval_bs, self.device)
+            for m, record in enumerate(records):
+                record["test_accuracy"] = accuracy(test[m], self._labels("test"))
+        optimizer_state = run.optimizer.state_dict() if self.writes else None
+        for m, (member, record) in enumerate(zip(self.members, records)):
+            run.history[m].append(record)
+            if self.writes:
+                member.checkpoints.save(epoch + 1, run.checkpoint(m, member.fingerprint, epoch + 1, optimizer_state))
+        return records
 
-    def _batches(self, run: _Run, order: torch.Tensor) -> tuple[dict[str, torch.Tensor], set[str]]:
+    @staticmethod
+    def _train_record(member: Member, epoch: int, lr: float, term_sums: dict, monitored: set, n: int, m: int) -> dict:
+        """Member m's training terms (each term is a vector over the members), checked for divergence."""
+        terms = {name: float(total.reshape(-1)[m].double()) / n for name, total in term_sums.items()}
+        train_loss = sum(v for name, v in terms.items() if name not in monitored)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"{member.spec.name}: training loss became {train_loss} in epoch {epoch + 1}; "
+                                   "lower the learning rate (train.optimizer.lr) or check the inputs")
+        return {"epoch": epoch + 1, "train_loss": train_loss, **{f"train_{name}": v for name, v in terms.items()},
+                "lr": lr}
+
+    def _select(self, run: Run, m: int, record: dict, epoch: int) -> None:
+        if record["val_accuracy"] > run.best[m]["val_accuracy"] or self.spec.train.select == "last":
+            run.best[m] = {"val_accuracy": record["val_accuracy"], "epoch": epoch + 1,
+                           "state": run.members.member_state(m)}
+            run.epochs_since_best[m] = 0
+        else:
+            run.epochs_since_best[m] += 1
+
+    def _batches(self, run: Run, order: torch.Tensor) -> tuple[dict[str, torch.Tensor], set[str]]:
         """The optimisation steps of one epoch: each term's example-weighted sum, and the terms only monitored."""
         spec, batch_size = self.spec, self.spec.train.batch_size
         x_train, y_train = self.data["train"].x, self._labels("train")
@@ -314,9 +320,10 @@ class Trainer:
             with autocast(spec.train.precision, self.device):
                 _, terms = run.objective(run.stepped, xb, yb, idx)
             terms = {name: value.float() for name, value in terms.items()}
-            # A term without a gradient (say, a discriminator's own loss) is logged, not optimised.
+            # A term without a gradient (say, a discriminator's own loss) is logged, not optimised. A term of a
+            # model made of members holds one entry per member: their sum gives each member its own gradient.
             monitored.update(name for name, value in terms.items() if not value.requires_grad)
-            loss = sum(value for value in terms.values() if value.requires_grad)
+            loss = sum(value.sum() for value in terms.values() if value.requires_grad)
             run.optimizer.zero_grad(set_to_none=True)
             run.step(loss)
             if per_batch_schedule:
@@ -327,30 +334,31 @@ class Trainer:
                 term_sums[name] = term_sums.get(name, 0) + value.detach() * len(idx)
         return term_sums, monitored
 
-    def _accuracy(self, model: nn.Module, split: str) -> float:
-        logits = predict_logits(model, self.data[split].x, self.spec.train.eval_batch_size, self.device)
-        return accuracy(logits, self._labels(split))
-
-    def _finish(self, model: nn.Module, history: list[dict], best: dict, start_epoch: int) -> TrainResult:
+    def _finish(self, run: Run) -> list[TrainResult]:
         eval_bs = self.spec.train.eval_batch_size
-        logits = {split: predict_logits(model, self.data[split].x, eval_bs, self.device) for split in self.data}
+        logits = {split: run.members.member_logits(self.data[split].x, eval_bs, self.device) for split in self.data}
+        return [self._write_result(member, {split: rows[m] for split, rows in logits.items()},
+                                   run.members.member_state(m), run.history[m], run.best[m], run.start_epoch)
+                for m, member in enumerate(self.members)]
+
+    def _write_result(self, member: Member, logits: dict, state: dict, history: list[dict], best: dict,
+                      start_epoch: int) -> TrainResult:
         metrics = {"best_epoch": best["epoch"], "epochs_trained": len(history)}
         for split in self.data:
             labels = self._labels(split)
             score = Score.from_logits(logits[split], labels)
             metrics.update({key: value for key, value in score.fields(f"{split}_").items()
                             if len(labels) or key.endswith(("_accuracy", "_errors"))})
-        state = _cpu_state(model)
         if self.writes:
-            save_verified(state, self.workdir / "model.pt")
-            save_verified(logits, self.workdir / "logits.pt")
+            save_verified(state, member.workdir / "model.pt")
+            save_verified(logits, member.workdir / "logits.pt")
             write_json(
-                self.workdir / "result.json",
-                {"name": self.spec.name, "role": self.spec.role, "fingerprint": self.fingerprint,
+                member.workdir / "result.json",
+                {"name": member.spec.name, "role": member.spec.role, "fingerprint": member.fingerprint,
                  "metrics": metrics, "history": history, "resumed_from_epoch": start_epoch},
             )
         return TrainResult(
-            self.spec.name, self.spec.role, state, logits, history, metrics, resumed_from_epoch=start_epoch
+            member.spec.name, member.spec.role, state, logits, history, metrics, resumed_from_epoch=start_epoch
         )
 
 
