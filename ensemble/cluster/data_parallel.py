@@ -1,8 +1,8 @@
 """``resources.workers_per_model: n``: one model trained by n data-parallel workers with Ray Train's TorchTrainer.
 
 Each worker runs the same :class:`~ensemble.training.trainer.Trainer` with ``shard=(rank, n)``: every worker draws
-the same epoch order and augments each global batch alike (their generators stay in step), then takes rows ``rank::n`` of
-it; DistributedDataParallel averages the workers' gradients (gloo on CPUs, NCCL on GPUs), so a step is the step of
+the same epoch order and augments each global batch alike (their generators stay in step), then takes rows
+``rank::n`` of it; DistributedDataParallel averages the workers' gradients (gloo on CPUs, NCCL on GPUs), so a step is the step of
 the global batch (``train.batch_size``) up to the last batch's uneven split. Rank 0 alone writes the model's folder:
 the same checkpoints, ``result.json``, ``model.pt`` and logits as any other model, so resume, reuse and the MLflow
 run work unchanged; a rerun after a kill resumes every worker from rank 0's newest checkpoint.
