@@ -280,14 +280,14 @@ def test_the_students_default_clips_and_the_paper_configs_keep_their_settings():
         assert "grad_clip_norm" not in config.student.train.identity(), name
 
 
-def test_a_packed_ensemble_refuses_grad_clipping(digits, tmp_path):
-    from ensemble.base.errors import ConfigError
-
+def test_a_packed_ensemble_clips_its_members_gradients(digits, tmp_path):
+    # Packs once refused train.grad_clip_norm; with one loop a pack clips each member by its own norm
+    # (tests/test_packing.py checks it equals each member clipped alone).
     factory = small_mlp_factory(digits.input_shape, digits.num_classes)
-    ens = Ensemble(factory, {"members": 2, "pack": 2, "train": quick_train(1, grad_clip_norm=1.0)}, in_process=True,
+    ens = Ensemble(factory, {"members": 2, "pack": 2, "train": quick_train(1, grad_clip_norm=1e-3)}, in_process=True,
                    output_dir=tmp_path, show_progress=False)
-    with pytest.raises(ConfigError, match="ensemble.pack: train.grad_clip_norm"):
-        ens.fit(digits.train, digits.val)
+    ens.fit(digits.train, digits.val)
+    assert [r.history[0]["grad_clipped"] for r in ens.results_] == [1.0, 1.0], "a tiny bound clips every step"
 
 
 def _block(c_in: int, c_out: int) -> list:

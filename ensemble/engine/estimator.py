@@ -21,6 +21,7 @@ from ensemble.data.split import Split, check_split
 from ensemble.engine.fit import FitOptions, api_tracking
 from ensemble.schema.loading import api_arguments, unknown_keyword
 from ensemble.training.trainer import TrainResult
+from ensemble.base.warn import user_stacklevel
 
 FIT_OPTIONS = FitOptions.names()
 
@@ -111,7 +112,7 @@ class Estimator:
         if not splits["train"].lazy and looks_unscaled(splits["train"].x):
             warnings.warn(f"{train_name} x holds whole numbers up to {float(splits['train'].x.max()):g}: unscaled "
                           "0..255 pixels? They are used as they are; pass them as uint8 (scaled to [0, 1] when "
-                          "read) or divide by 255", UserWarning, stacklevel=3)
+                          "read) or divide by 255", UserWarning, stacklevel=user_stacklevel())
         shape = tuple(splits["train"].x.shape[1:])
         splits["val"] = as_split(val, "val", shape)
         if test is not None:

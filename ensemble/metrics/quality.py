@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
+from ensemble.base.warn import user_stacklevel
 
 CHANCE_SHARE = 0.05  # of the room above the base rate: closer than this is "at chance"
 BASELINE_SHARE = 0.10  # of the baseline's skill above the base rate: a student trailing by more is "far below"
@@ -156,5 +157,5 @@ def check(results: Iterable, splits: dict, num_classes: int, *, target_maps: dic
     verdicts = assess(results, splits, num_classes, target_maps, classes, students)
     for found in verdicts.values():
         for message in found["warnings"]:
-            warnings.warn(message, QualityWarning, stacklevel=3)
+            warnings.warn(message, QualityWarning, stacklevel=user_stacklevel())
     return verdicts
