@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ensemble.base import storage
 from ensemble.base.checkpoint import state_fingerprint, tensor_fingerprint
 from ensemble.base.errors import DataError
 from ensemble.base.identity import fingerprint
@@ -150,7 +151,7 @@ class Distiller(Estimator):
                                 # added later: left out at its default, so caches written before keep their names
                                 **({"rest_samples": cfg.cache.rest_samples} if cfg.cache.rest_samples else {})})
         splits = [s for s in (train, val) if s is not None]
-        folder = Path(self.options.output_dir) / "teacher_targets" / identity
+        folder = storage.localize(self.options.output_dir) / "teacher_targets" / identity
         if self.options.in_process:
             batches = (online(as_input(inputs), cfg.temperature) for split in splits
                        for inputs in in_order(split.x, 4096))
@@ -159,7 +160,8 @@ class Distiller(Estimator):
         else:  # one Ray task per shard, as the cluster's CPUs allow
             connect_ray(self.options.ray_address, self.options.ray_num_cpus, self.options.ray_num_gpus)
             targets = write_targets_on_ray(folder, online, splits, cfg.temperature, cfg.cache.top_k,
-                                           cfg.cache.rows_per_shard, self.options.num_cpus, cfg.cache.rest_samples)
+                                           cfg.cache.rows_per_shard, self.options.num_cpus, cfg.cache.rest_samples,
+                                           self.options.max_restarts)
         return targets, f"{self.teacher.teacher_name()}:{identity}"
 
     # --- training ---

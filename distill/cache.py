@@ -6,6 +6,10 @@ tail also ``rest_samples``: N x S, ``rest_entropy``: N), as ``.npy`` files
 that :func:`numpy.load` maps read-only. The folder is written once under a temporary name and renamed when
 complete, so a reader never sees half a cache; its name is a hash of everything that defines the targets (the
 teacher's weights, T, K, S, the data), so a changed setting can never reuse it.
+
+Under a storage URI output_dir (:mod:`ensemble.base.storage`) the shards are uploaded before ``meta.json``, which
+marks the folder complete in the store too; a reader on another node downloads the folder once into its node's
+mirror (its name fixes its content) and maps it there.
 """
 
 from __future__ import annotations
@@ -19,8 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ensemble.base.errors import DistillError
-from ensemble.base.records import has_fields, read_json, report_damaged, write_json, writing
+from ensemble.base import storage
+from ensemble.base.errors import DistillError, NodeLost
+from ensemble.base.records import (
+    has_fields,
+    read_json,
+    report_damaged,
+    write_json,
+    writing,
+)
+from ensemble.cluster.restarts import LOST, is_lost
 from ensemble.data.registry import from_numpy, to_numpy
 from ensemble.data.rows import as_input
 from ensemble.data.streaming import in_order
@@ -41,8 +53,18 @@ class ShardedTargets:
         self.meta = meta if meta is not None else json.loads((self.folder / "meta.json").read_text())
         self._shards: list[dict[str, np.ndarray]] | None = None
 
-    def __getstate__(self):  # an actor reopens the maps itself; only the folder travels
-        return {"folder": self.folder, "meta": self.meta, "_shards": None}
+    def __getstate__(self):  # an actor reopens the maps itself; only the folder (and its URI, if stored) travels
+        return {"folder": self.folder, "meta": self.meta, "_shards": None, "_uri": storage.portable(self.folder)}
+
+    def _here(self) -> Path:
+        """The folder on this node: the one given, or this node's copy of it from the store."""
+        uri = getattr(self, "_uri", None)
+        if (self.folder / "meta.json").is_file() or not storage.is_uri(uri):
+            return self.folder
+        self.folder, self._uri = storage.localize(uri), None
+        if not (self.folder / "meta.json").is_file():
+            storage.pull(self.folder)
+        return self.folder
 
     def __len__(self) -> int:
         return self.meta["rows"]
@@ -62,7 +84,8 @@ class ShardedTargets:
 
     def _open(self) -> list[dict[str, np.ndarray]]:
         if self._shards is None:
-            self._shards = [{name: np.load(self.folder / f"{shard:05d}_{name}.npy", mmap_mode="r")
+            folder = self._here()
+            self._shards = [{name: np.load(folder / f"{shard:05d}_{name}.npy", mmap_mode="r")
                              for name in self.names}
                             for shard in range(self.meta["shards"])]
         return self._shards
@@ -96,6 +119,8 @@ def reuse_targets(folder: str | Path) -> ShardedTargets | None:
     """The complete cache in ``folder``, or ``None``: missing, or damaged (an unreadable ``meta.json``, a shard
     missing or truncated), in which case it is reported, removed and so rebuilt by the caller."""
     folder = Path(folder)
+    if storage.exists_remotely(folder / "meta.json") and not (folder / "meta.json").is_file():
+        storage.pull(folder)  # complete in the store: this node's first use of it
     if not folder.exists():
         return None
     meta = read_json(folder / "meta.json", REBUILD, valid=lambda v: has_fields(v, **META_FIELDS))
@@ -106,9 +131,11 @@ def reuse_targets(folder: str | Path) -> ShardedTargets | None:
         targets = ShardedTargets(folder, meta)
         damage = _shard_damage(targets)
         if damage is None:
+            if storage.exists_remotely(folder / "meta.json") is False:
+                storage.push_tree(folder)  # kept here but gone from the store: other nodes read it there
             return targets
         report_damaged(folder, damage, REBUILD)
-    shutil.rmtree(folder, ignore_errors=True)
+    storage.remove_tree(folder)
     return None
 
 
@@ -178,6 +205,8 @@ def _complete(partial: Path, folder: Path, meta: dict) -> ShardedTargets:
         partial.rename(folder)
     except OSError:  # another process finished the same cache first: theirs is identical
         shutil.rmtree(partial, ignore_errors=True)
+        return ShardedTargets(folder)
+    storage.push_tree(folder)  # meta.json last: complete in the store only once every shard is there
     return ShardedTargets(folder)
 
 
@@ -202,8 +231,10 @@ def _flush(folder: Path, buffers: dict[str, list[np.ndarray]], shard: int, rows_
 
 
 def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature: float, top: int | None = None,
-                         rows_per_shard: int = 65536, num_cpus: float = 1, rest_samples: int = 0) -> ShardedTargets:
-    """The same shards as :func:`write_targets`, each computed and written by its own Ray task.
+                         rows_per_shard: int = 65536, num_cpus: float = 1, rest_samples: int = 0,
+                         max_restarts: int = 3) -> ShardedTargets:
+    """The same shards as :func:`write_targets`, each computed and written by its own Ray task; a task lost with
+    its node runs again elsewhere, up to ``max_restarts`` times (``ray.max_restarts``).
 
     Plain Ray tasks rather than Ray Data: the rows are addressed by sample id and the splits (in-memory arrays in
     the object store, or streamed file lists) already travel to workers as they are; a shard is a contiguous range
@@ -217,13 +248,19 @@ def write_targets_on_ray(folder: str | Path, teacher, splits: list, temperature:
     if existing is not None:
         return existing
     partial = _partial_folder(folder)
+    # A task on another node cannot write this node's folder: in the store's folder it writes its shards itself.
+    stored = storage.portable(folder) if storage.locate(folder) else None
     total = sum(len(s) for s in splits)
     teacher_ref, data_ref = ray.put(teacher), ray.put([to_numpy(s) for s in splits])
-    task = _shard_task.options(num_cpus=num_cpus)
+    task = _shard_task.options(num_cpus=num_cpus, max_retries=max_restarts)
     try:
-        _get(ray, [task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total), temperature, top,
-                               rest_samples, str(partial), shard)
-                   for shard, start in enumerate(range(0, total, rows_per_shard))])
+        _get(ray, max_restarts, [task.remote(teacher_ref, data_ref, start, min(start + rows_per_shard, total),
+                                             temperature, top, rest_samples, stored or str(partial), shard)
+                                 for shard, start in enumerate(range(0, total, rows_per_shard))])
+        if stored:
+            storage.pull(folder)
+            for path in folder.glob("*.npy"):
+                os.replace(path, partial / path.name)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -247,22 +284,31 @@ def _shard_task_body(teacher, data, start: int, stop: int, temperature: float, t
                 row += len(inputs)
         offset += len(split)
     for name in parts[0]:
-        _save(Path(folder) / f"{shard:05d}_{name}.npy", np.concatenate([p[name] for p in parts]))
+        _save(storage.localize(folder) / f"{shard:05d}_{name}.npy", np.concatenate([p[name] for p in parts]))
 
 
 def _save(path: Path, array: np.ndarray) -> None:
+    """One shard file; uploaded at once when it is in a mirror of the store (a Ray task's), not when partial."""
     with writing(path):
         np.save(path, array)
+    storage.push(path)
 
 
-def _get(ray, refs: list):
-    """``ray.get``, with a task's own one-line error (a full disk, say) raised as itself, not as a remote traceback."""
+def _get(ray, max_restarts: int, refs: list):
+    """``ray.get``, with a task's own one-line error (a full disk, say) raised as itself, not as a remote traceback,
+    and a task lost with its node more often than Ray's retries allow as one line too."""
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as err:
         if isinstance(getattr(err, "cause", None), DistillError):
             raise err.cause from None
         raise
+    except LOST as err:
+        if not is_lost(err):
+            raise
+        raise NodeLost(f"student.cache: a teacher-target shard task was lost with its node ({type(err).__name__}) "
+                       f"and ray.max_restarts={max_restarts} retries are used up; check the cluster's nodes "
+                       "(ray status), then rerun to resume, or raise ray.max_restarts") from None
 
 
 def _remote(fn):

@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 from pydantic import ValidationError
 
 from ensemble.api import Ensemble
+from ensemble.base import storage
 from ensemble.base.checkpoint import make_output_dir
 from ensemble.base.lock import FolderLock
 from ensemble.base.records import read_json, report_damaged, write_json, write_text
@@ -51,7 +52,7 @@ def orchestrate(config: Config, command: str, teachers: dict[str, str], step: Ca
     ``teachers``: the teacher of every student ``step`` will train (name -> the config field that chose it), asked
     once here so that a teacher missing a stage is refused before any folder, MLflow run or model exists."""
     needed = check_needs(config, command, teachers)
-    output_dir = make_output_dir(Path(config.output_dir))
+    output_dir = make_output_dir(config.output_dir)  # a storage URI: this process's mirror of it
     # Taken before any MLflow run or file: a second invocation on this folder is refused and leaves no trace.
     with FolderLock(output_dir, f"distill {command}"):
         write_text(output_dir / "config.yaml", dump_config(config))
@@ -61,7 +62,8 @@ def orchestrate(config: Config, command: str, teachers: dict[str, str], step: Ca
         if with_specialists:
             check_section(config.specialists, data)
         tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-        tags = {"config_hash": config_hash(config), "output_dir": str(output_dir.resolve()), **(tags or {})}
+        tags = {"config_hash": config_hash(config), "output_dir": storage.portable(output_dir.resolve()),
+                **(tags or {})}
         # A failure in any stage or in the step ends this run FAILED; each finished model stays on disk for reuse.
         with tracker.run(parent_run_name(config, command), tags=tags) as parent_id, \
                 tracker.system_metrics(parent_id, config.tracking.system_metrics):
@@ -84,6 +86,7 @@ def update_results(path: Path, sections: dict, merge: bool = True) -> Results:
     stage run), unless that file no longer reads as :class:`Results` (written by another version: dropped)."""
     old = {}
     afresh = "it is written afresh from this run's stages"
+    storage.pull(path.parent, [path.name])
     stored = read_json(path, afresh) if merge else None
     if stored is not None:
         try:

@@ -9,9 +9,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ensemble.base import storage
 from ensemble.base.records import write_text
 from ensemble.metrics.scores import SCORE_KEYS
 from ensemble.models.registry import count_parameters
+from ensemble.results import node_cell
 
 from .plots import accuracy_per_model, training_curves
 from .results import Results, SummaryRow
@@ -27,16 +29,17 @@ def wide_console() -> Console:
 def print_ensemble_summary(results: Results, console: Console | None = None) -> None:
     console = console or wide_console()
     table = Table(title="ensemble stage: test set")
-    for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "epochs", "status"):
+    for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "epochs", "status", "node"):
         # A model's name never wraps: on a narrow terminal the numbers give way first.
-        table.add_column(column, justify="left" if column in ("model", "status") else "right",
+        table.add_column(column, justify="left" if column in ("model", "status", "node") else "right",
                          no_wrap=column == "model")
     ens = results.ensemble
     for row in [*ens.members, *([results.generalist] if results.generalist else [])]:
         table.add_row(row.name, *_score_cells(row.test_accuracy, row.test_errors, row.test_nll, row.test_ece,
-                                              row.test_brier), str(row.epochs_trained), row.status)
+                                              row.test_brier), str(row.epochs_trained), row.status,
+                      node_cell(row.placement))
     for mean in ("arithmetic", "geometric"):
-        table.add_row(f"ensemble ({mean} mean)", *_score_cells(**ens.score(mean)), "", "")
+        table.add_row(f"ensemble ({mean} mean)", *_score_cells(**ens.score(mean)), "", "", "")
     console.print(table)
     print_warnings([line for row in [*ens.members, *([results.generalist] if results.generalist else [])]
                     for line in row.warnings], console)
@@ -48,11 +51,11 @@ def print_specialists_summary(results: Results, console: Console | None = None) 
     console = console or wide_console()
     spec = results.specialists
     groups = Table(title="specialists: groups of confusable classes")
-    for column in ("specialist", "classes", "test acc (group + dustbin)", "status"):
+    for column in ("specialist", "classes", "test acc (group + dustbin)", "status", "node"):
         groups.add_column(column)
     for row in spec.members:
         names = spec.group_names[spec.groups.index(row.group)]
-        groups.add_row(row.name, ", ".join(names), f"{row.test_accuracy:.4f}", row.status)
+        groups.add_row(row.name, ", ".join(names), f"{row.test_accuracy:.4f}", row.status, node_cell(row.placement))
     console.print(groups)
     print_warnings([line for row in spec.members for line in row.warnings], console)
     table = Table(title="generalist vs generalist + specialists (Eq. 5), test set")
@@ -104,8 +107,10 @@ def _row(model: str, section, prefix: str = "", **fields) -> SummaryRow:
     """A summary row from ``section``'s ``<prefix>test_<score>`` fields and its quality verdict (None where an
     older file lacks one)."""
     scores = {f"test_{key}": getattr(section, f"{prefix}test_{key}", None) for key in SCORE_KEYS}
+    placement = getattr(section, f"{prefix}placement", None)
     return SummaryRow(model=model, **scores, quality=getattr(section, f"{prefix}quality", None),
-                      warnings=getattr(section, f"{prefix}warnings", None) or [], **fields)
+                      warnings=getattr(section, f"{prefix}warnings", None) or [],
+                      node=placement.label if placement is not None else None, **fields)
 
 
 def _score_cells(accuracy, errors, nll=None, ece=None, brier=None) -> list[str]:
@@ -142,11 +147,11 @@ def print_summary(results: Results, console: Console | None = None) -> None:
     batch = student.latency_batch_size if student else ""
     table = Table(title="pipeline summary: test set")
     for column in ("model", "test acc", "errors", "NLL", "ECE", "Brier", "agrees", "params",
-                   f"CPU ms / batch of {batch}", "quality"):
-        table.add_column(column, justify="left" if column in ("model", "quality") else "right",
+                   f"CPU ms / batch of {batch}", "quality", "node"):
+        table.add_column(column, justify="left" if column in ("model", "quality", "node") else "right",
                          no_wrap=column == "model")
     for row in results.summary:
-        table.add_row(row.model, *_summary_cells(row))
+        table.add_row(row.model, *_summary_cells(row), row.node or "-")
     console.print(table)
     print_warnings(quality_lines(results), console)
     if student is not None and student.left_out_classes:
@@ -173,6 +178,7 @@ def write_report(results: Results, trained: dict, data, output_dir) -> list:
     for name, figure in (("training_curves.png", training_curves(histories)),
                          ("accuracy_per_model.png", accuracy_per_model(rows))):
         figure.savefig(figures / name, dpi=100)
+        storage.push(figures / name)
         files.append(figures / name)
     lines = [f"# Distillation report: {data.name}", "",
              f"MLflow parent run `{results.mlflow.parent_run_id}` at `{results.mlflow.tracking_uri}`.", "",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ensemble.results import EnsembleSection, ModelRow, Record
+from ensemble.results import EnsembleSection, ModelRow, Placement, Record
 from specialists.results import SpecialistsSection
 
 
@@ -42,6 +42,7 @@ class StudentSection(Record):
     epochs_trained: int
     reused: bool
     resumed_from_epoch: int
+    placement: Placement | None = None  # where the student trained (ensemble.results.Placement)
     mlflow_run_id: str | None = None
     curves: dict[str, list[float]] = Field(default_factory=dict)
     registered_name: str | None = None
@@ -86,6 +87,7 @@ class SummaryRow(Record):
     latency_ms: float | None = None
     quality: str | None = None  # "ok", "at chance", "far below baseline" (ensemble.metrics.quality); None: not assessed
     warnings: list[str] = Field(default_factory=list)
+    node: str | None = None  # where it trained (Placement.label); None: a combination, in-process, or an older file
 
 
 class MlflowSection(Record):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ensemble.api import Ensemble
+from ensemble.base import storage
 from ensemble.data.rows import as_input
 from ensemble.data.split import DatasetSplits
 from ensemble.models.registry import RegisteredModel, count_parameters
+from ensemble.results import Placement
 from ensemble.stage import fit_options
 from ensemble.track.tracking import Tracker
 from ensemble.training.teacher import Teacher
@@ -69,6 +71,7 @@ def run_student_stage(
     section = student_section(config, distiller, report, batch, files, registered)
     figure = output_dir / "student" / "reliability.png"
     plot_reliability(report.details["reliability"], "Reliability on the test set (15 bins)").savefig(figure, dpi=110)
+    storage.push(figure)
     if tracker is not None and parent_run_id:
         tracker.log_metrics(parent_run_id, {f"student_{k}": v for k, v in section.model_dump().items()
                                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -84,7 +87,8 @@ def export_formats(distiller: Distiller, formats: list[str], folder: Path, batch
         fmt = FORMATS[name]
         path = distiller.export(folder / f"student{fmt.suffix}", batch[:2], name)
         runner = fmt.load(path)
-        files[name] = {"path": str(path), "bytes": path.stat().st_size,
+        (storage.push_tree if path.is_dir() else storage.push)(path)
+        files[name] = {"path": storage.portable(path), "bytes": path.stat().st_size,
                        "latency_ms_per_batch": measure_latency(runner, batch)["median_ms"]}
     return files
 
@@ -107,6 +111,7 @@ def student_section(config: Config, distiller: Distiller, report, batch, files: 
         teacher_latency_ms_per_batch=measure_latency(lambda x: teacher(x, 1.0).probs, batch)["median_ms"],
         latency_batch_size=LATENCY_BATCH, epochs_trained=student.metrics["epochs_trained"], reused=student.reused,
         resumed_from_epoch=student.resumed_from_epoch, mlflow_run_id=distiller.run_ids_.get("student"),
+        placement=Placement.of(student.placement),
         curves=learning_curves(student.history), **registered,
     )
     fields.update(distiller.quality_.get("student", {}))

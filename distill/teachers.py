@@ -1,5 +1,6 @@
 """Teachers by name for the config (``student.teacher``): each builds a :class:`ensemble.training.teacher.Teacher`
-from the stages the pipeline trained. Register your own with :func:`register_teacher`; the protocol is all a teacher needs.
+from the stages the pipeline trained. Register your own with :func:`register_teacher`; the protocol is all a
+teacher needs.
 """
 
 from __future__ import annotations

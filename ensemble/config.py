@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ensemble.base.fields import LocalPath
+from ensemble.base.fields import OutputPath
 from ensemble.schema.sections import (
     DataConfig,
     ModelConfig,
@@ -37,7 +37,7 @@ class GeneralistConfig(Section):
 
 class StageConfig(Section):
     seed: int = 0
-    output_dir: LocalPath = "runs/digits"
+    output_dir: OutputPath = "runs/digits"
     data: DataConfig = Field(default_factory=DataConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     generalist: GeneralistConfig = Field(default_factory=GeneralistConfig)

@@ -13,6 +13,35 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Placement(Record):
+    """Where a model trained: its actor's node (id and IP) and GPU ids, and how many actors of it were lost with
+    their node before this one (:mod:`ensemble.cluster.restarts`). Never part of a model's identity."""
+
+    node_id: str
+    node_ip: str | None = None
+    gpu_ids: list[str] = Field(default_factory=list)
+    restarts: int = 0
+
+    @classmethod
+    def of(cls, placement: dict) -> "Placement | None":
+        """From a :class:`~ensemble.training.spec.TrainResult`'s ``placement``; None where it trained in-process."""
+        if not placement or not placement.get("node_id"):
+            return None
+        return cls(node_id=placement["node_id"], node_ip=placement.get("node_ip"),
+                   gpu_ids=[str(g) for g in placement.get("gpu_ids") or []], restarts=placement.get("restarts", 0))
+
+    @property
+    def label(self) -> str:
+        """``10.0.0.5 (3f2a9c1d)``, with its GPUs and restarts when it has any: a summary table's node cell."""
+        gpus = f" GPU {','.join(self.gpu_ids)}" if self.gpu_ids else ""
+        restarts = f", {self.restarts} restart{'s' if self.restarts != 1 else ''}" if self.restarts else ""
+        return f"{self.node_ip or '?'} ({self.node_id[:8]}){gpus}{restarts}"
+
+
+def node_cell(placement: Placement | None) -> str:
+    return placement.label if placement is not None else "-"
+
+
 class Trained(Record):
     """Whether a model was trained now, resumed from a checkpoint, or reused finished from disk, and whether it
     learned anything (:mod:`~ensemble.metrics.quality`: ``quality`` "ok" or what is wrong, ``warnings`` the lines
@@ -22,6 +51,7 @@ class Trained(Record):
     resumed_from_epoch: int = 0
     quality: str | None = None  # None: written before the quality guard
     warnings: list[str] = Field(default_factory=list)
+    placement: Placement | None = None  # None: trained in-process, or written before placement was recorded
 
     @property
     def status(self) -> str:

@@ -12,7 +12,7 @@ from ensemble.data.transforms import channel_stats
 from ensemble.engine.fit import FitOptions
 from ensemble.metrics.scores import SCORE_KEYS, Score
 from ensemble.models.registry import RegisteredModel
-from ensemble.results import EnsembleSection, ModelRow
+from ensemble.results import EnsembleSection, ModelRow, Placement
 from ensemble.schema.sections import ResourcesConfig
 from ensemble.track.tracking import Tracker
 from ensemble.training.soft_targets import ensemble_probs
@@ -36,6 +36,7 @@ def fit_options(config: StageConfig, resources: ResourcesConfig, output_dir: Pat
         workers_per_model=resources.workers_per_model,
         tracker=tracker, parent_run_id=parent_run_id, run_params=config.model_dump(mode="json"),
         ray_address=config.ray.address, ray_num_cpus=config.ray.num_cpus, ray_num_gpus=config.ray.num_gpus,
+        max_restarts=config.ray.max_restarts,
         show_progress=show_progress, dataset_name=config.data.name, dataset_source=config.data.root,
     )
 
@@ -71,7 +72,8 @@ def model_row(result, run_id: str | None, test_labels, verdict: dict | None = No
     return ModelRow(name=result.name, **Score.from_logits(result.logits["test"], test_labels).fields("test_"),
                     val_accuracy=m["val_accuracy"], epochs_trained=m["epochs_trained"],
                     best_epoch=m["best_epoch"], reused=result.reused, resumed_from_epoch=result.resumed_from_epoch,
-                    mlflow_run_id=run_id, curves=learning_curves(result.history), **(verdict or {}))
+                    mlflow_run_id=run_id, curves=learning_curves(result.history),
+                    placement=Placement.of(result.placement), **(verdict or {}))
 
 
 def summarize(ensemble: Ensemble, data: DatasetSplits, mean: str) -> dict:

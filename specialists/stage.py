@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ensemble.api import Ensemble
+from ensemble.base import storage
 from ensemble.base.errors import ConfigError
 from ensemble.base.records import write_json
 from ensemble.config import StageConfig
 from ensemble.data.split import DatasetSplits
+from ensemble.results import Placement
 from ensemble.stage import fit_options
 from ensemble.track.tracking import Tracker
 
@@ -57,6 +59,7 @@ def run_specialist_stage(
         members=[SpecialistRow(name=r.name, group=groups[i], test_accuracy=r.metrics["test_accuracy"],
                                val_accuracy=r.metrics["val_accuracy"], epochs_trained=r.metrics["epochs_trained"],
                                reused=r.reused, resumed_from_epoch=r.resumed_from_epoch,
+                               placement=Placement.of(r.placement),
                                mlflow_run_id=specialists.run_ids_.get(r.name), **specialists.quality_.get(r.name, {}))
                  for i, r in enumerate(specialists.results_)],
     )
@@ -74,6 +77,7 @@ def _save_artifacts(specialists, summary, class_names, stage_dir: Path, tracker,
                                  f"{specialists.config.matrix} of the generalist's predictions")
         heatmap = stage_dir / "class_matrix.png"
         figure.savefig(heatmap, dpi=110)
+        storage.push(heatmap)
         files.append(heatmap)
     if tracker is not None and parent_run_id:
         for path in files:

@@ -6,7 +6,9 @@ Test files import these from here, never from ``conftest`` or from another test 
 from __future__ import annotations
 
 import subprocess
+from contextlib import contextmanager
 import sys
+from pathlib import Path
 
 
 def start_ray(num_cpus: int = 2, num_gpus: int | None = None) -> None:
@@ -47,3 +49,27 @@ def runs_of(uri: str, experiment: str = "distill"):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@contextmanager
+def worker_cluster(workers: int = 2, system_config: dict | None = None):
+    """``ray.cluster_utils.Cluster``: a head with no CPUs (so every actor lands on a worker) and ``workers`` 1-CPU
+    worker nodes, joined by this process; yields (cluster, worker nodes). ``system_config`` None keeps Ray's own
+    failure detection."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    head = {"num_cpus": 0, **({"_system_config": system_config} if system_config else {})}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        # cluster_utils records its address here; left behind, a later ray.init(num_cpus=...) would try to join it.
+        Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)

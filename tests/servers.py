@@ -101,12 +101,24 @@ def _pids_mentioning(marker: str) -> list[int]:
     return pids
 
 
+def _stop_node(process: subprocess.Popen, temp_dir: str, log) -> None:
+    """Stop a ``ray start --block`` by its process group, then whatever it left running under its temp folder."""
+    stop_process_group(process)
+    for pid in _pids_mentioning(temp_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    log.close()
+
+
 @contextmanager
-def ray_head(num_cpus: int = 2):
-    """``ray start --head --block`` on 127.0.0.1 with free ports; yields (gcs address, dashboard URL)."""
+def ray_head(num_cpus: int = 2, temp_dir: str | None = None):
+    """``ray start --head --block`` on 127.0.0.1 with free ports; yields (gcs address, dashboard URL). Its temp
+    folder (``temp_dir``, or a new one) is removed at the end."""
     import tempfile
 
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's Unix sockets live under it
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's Unix sockets live under it
     port, dashboard_port = free_port(), free_port()
     log = open(Path(temp_dir) / "head.log", "w")
     process = subprocess.Popen(
@@ -126,7 +138,8 @@ def ray_head(num_cpus: int = 2):
         deadline = time.time() + 120
         while True:  # any HTTP answer (401 without a token) means the dashboard is up
             if process.poll() is not None:
-                raise RuntimeError(f"ray start exited with {process.returncode}: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
+                raise RuntimeError(f"ray start exited with {process.returncode}: "
+                                   f"{(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
             try:
                 urllib.request.urlopen(f"{dashboard}/api/version", timeout=2)
                 break
@@ -138,15 +151,59 @@ def ray_head(num_cpus: int = 2):
                 time.sleep(0.5)
         yield f"127.0.0.1:{port}", dashboard
     finally:
-        stop_process_group(process)
-        for pid in _pids_mentioning(temp_dir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+        _stop_node(process, temp_dir, log)
         # A pip runtime environment clones the whole virtualenv (gigabytes) under the temp folder.
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextmanager
+def ray_worker(address: str, num_cpus: int = 1):
+    """One more node for the head at ``address``: ``ray start --address ... --block`` on 127.0.0.1 with a temp folder
+    of its own (so its copy of a job's working directory is its own, as on another machine); yields that folder."""
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="raynode-", dir="/tmp")  # short: Ray's Unix sockets live under it
+    log_path = Path(temp_dir) / "node.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--address", address, "--block",
+         "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--temp-dir", temp_dir,
+         # Free ports, not Ray's fixed defaults, which the head on this machine holds already.
+         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+         "--min-worker-port", "0", "--max-worker-port", "0"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )
+    try:
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log_path.read_text():
+            if process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+            if time.time() > deadline:
+                raise TimeoutError("the Ray worker node did not start")
+            time.sleep(0.5)
+        yield temp_dir
+    finally:
+        _stop_node(process, temp_dir, log)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_job_agent(dashboard: str, seconds: float = 120) -> None:
+    """The dashboard answers before its job agent is ready ("No available agent"): wait with a no-op job."""
+    from ray.job_submission import JobSubmissionClient
+
+    client, deadline = JobSubmissionClient(dashboard), time.time() + seconds
+    while True:
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as err:
+            assert time.time() < deadline, f"the job agent never came up: {err}"
+            time.sleep(1)
+    while client.get_job_status(job) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline, "the no-op job never finished"
+        time.sleep(0.5)
 
 
 def run_distill(args: list[str], timeout: float, env: dict | None = None,
@@ -167,3 +224,19 @@ def run_distill(args: list[str], timeout: float, env: dict | None = None,
         proc.communicate()
         pytest.fail(f"distill {' '.join(args)} hung: no exit within {timeout:.0f} s")
     return subprocess.CompletedProcess(command, proc.returncode, out, err), time.monotonic() - started
+
+
+@contextmanager
+def moto_server(root: Path):
+    """moto's standalone S3 (``python -m moto.server``) on 127.0.0.1 and a free port; yields its endpoint
+    ``127.0.0.1:PORT``. Clients need credentials (any: ``testing``) in their own environment or URI."""
+    port = free_port()
+    log = open(root / "moto-server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/moto-api/", timeout=60, process=process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process_group(process)
+        log.close()

@@ -31,6 +31,8 @@ LAZY_THIRD_PARTY = {
     "mlflow": "only where a run is tracked or a model served",
     "ray": "only where actors start; a finished pipeline's rerun starts no Ray",
     "moto": "only the S3 test server",
+    "pyarrow": "only an output_dir in object storage (ensemble/base/storage.py)",
+    "boto3": "only the S3 lease's conditional writes", "botocore": "only the S3 lease's conditional writes",
     "PIL": "only image files read from disk",
     "sqlalchemy": "only to name a SQL store's error",
     "rich": "only the live progress table",

@@ -8,13 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
-from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from ensemble.api import Ensemble
 
-from helpers import quick_train, small_mlp_factory
+from helpers import quick_train, small_mlp_factory, worker_cluster
 
 # Node death is noticed after a few missed health checks; the defaults (several seconds each) make tests slow.
 FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
@@ -23,20 +21,8 @@ FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 0, "health_check_peri
 
 @pytest.fixture
 def cluster():
-    if ray.is_initialized():
-        ray.shutdown()
-    # A head with no CPUs, so every actor lands on one of the two 1-CPU worker nodes.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_FAILURE_DETECTION})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        yield cluster, workers
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        # cluster_utils records its address here; left behind, a later ray.init(num_cpus=...) would try to join it.
-        Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)
+    with worker_cluster(2, FAST_FAILURE_DETECTION) as made:
+        yield made
 
 
 def _ensemble(digits, out: Path, members: int, epochs: int, hidden=(32,)) -> Ensemble:

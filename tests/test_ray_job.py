@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from servers import ray_head
+from servers import ray_head, wait_for_job_agent
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--no-progress", "--set", "ensemble.members=2", "--set", "ensemble.train.epochs=1",
@@ -19,20 +19,9 @@ QUICK = ["--no-progress", "--set", "ensemble.members=2", "--set", "ensemble.trai
 
 @pytest.fixture(scope="module")
 def head():
-    from ray.job_submission import JobSubmissionClient
 
     with ray_head(num_cpus=2) as (address, dashboard):
-        # The dashboard answers before its job agent is ready ("No available agent"): wait with a no-op job.
-        client, deadline = JobSubmissionClient(dashboard), time.time() + 120
-        while True:
-            try:
-                job = client.submit_job(entrypoint="true")
-                break
-            except RuntimeError as err:
-                assert time.time() < deadline, f"the job agent never came up: {err}"
-                time.sleep(1)
-        while client.get_job_status(job) not in ("SUCCEEDED", "FAILED", "STOPPED"):
-            time.sleep(0.5)
+        wait_for_job_agent(dashboard)
         yield address, dashboard
 
 

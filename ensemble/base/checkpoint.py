@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ensemble.base import storage
 from ensemble.base.errors import ConfigError
 from ensemble.base.records import read_bytes, report_damaged, write_atomic, write_text
 
@@ -66,8 +67,8 @@ class CheckpointDir:
         path = self.root / f"epoch_{epoch:04d}.pt"
         save_verified(state, path)
         for old in self._epochs()[: -self.keep]:
-            old.unlink(missing_ok=True)
-            sidecar(old).unlink(missing_ok=True)
+            storage.remove(old)
+            storage.remove(sidecar(old))
         return path
 
     def latest(self) -> dict | None:
@@ -80,7 +81,10 @@ class CheckpointDir:
 
 
 def make_output_dir(path: str | Path, key: str = "output_dir") -> Path:
-    """Create the output folder, or say in one line why it cannot be (a file of that name, no permission)."""
+    """Create the output folder, or say in one line why it cannot be (a file of that name, no permission); for a
+    storage URI, the node-local mirror this process works in (:mod:`ensemble.base.storage`)."""
+    if storage.is_uri(path):
+        return storage.localize(path, key)
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,11 @@ class ResourceError(DistillError):
     pass
 
 
+class NodeLost(ResourceError):
+    """A model's Ray actor or node was lost more often than ``ray.max_restarts`` allows
+    (:mod:`ensemble.cluster.restarts`)."""
+
+
 class CheckpointError(DistillError):
     pass
 

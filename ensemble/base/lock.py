@@ -5,6 +5,11 @@ killer, a lost node's actor): a dead holder's lock is simply taken, with nothing
 The file records who holds it (host, pid, since when, doing what), so a refused process can name the holder. The
 file is never deleted: a process that had opened it just before would lock the unlinked file while the next one
 locks a new file, and both would think they hold the folder.
+
+A folder mirrored from object storage (:mod:`ensemble.base.storage`) is held across nodes too: besides the local
+``flock``, a lease object in the store (:mod:`ensemble.base.lease`, which states what it guarantees on each store);
+with ``refresh`` the folder's local copy is then made equal to the store's, so the holder reads what the last
+holder wrote, wherever it ran.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ensemble.base import storage
 from ensemble.base.errors import FolderInUse
+from ensemble.base.lease import Lease
 
 LOCK_FILE = ".lock"
 POLL_SECONDS = 0.5
@@ -37,8 +44,11 @@ class FolderLock:
     """
 
     def __init__(self, folder: str | Path, purpose: str, *, wait: float = 0.0, label: str = "output_dir",
-                 advice: str = "wait for it to finish or use another --output-dir", lock_name: str = LOCK_FILE):
+                 advice: str = "wait for it to finish or use another --output-dir", lock_name: str = LOCK_FILE,
+                 refresh: bool = False):
         self.folder = Path(folder).resolve()
+        self.refresh = refresh
+        self._lease: Lease | None = None
         self.path = self.folder / lock_name
         self.purpose = purpose
         self.wait = wait
@@ -62,11 +72,37 @@ class FolderLock:
                 os.pwrite(fd, json.dumps(holder_info(self.purpose)).encode(), 0)
             except OSError:
                 pass  # a full disk: the lock is held all the same; the run's first real write says what is wrong
+            self._take_lease()
         except BaseException:
             os.close(fd)  # closing drops the lock too, if it was taken
             raise
         self._fd = fd
         return self
+
+    def _take_lease(self) -> None:
+        found = storage.locate(self.folder)
+        if found is None:
+            return
+        lease = Lease(*found, holder_info(self.purpose))
+        deadline = time.monotonic() + self.wait
+        while (holder := lease.acquire()) is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                where = storage.redact(storage.portable(self.folder))
+                raise FolderInUse(self._busy(holder).replace(str(self.folder), where, 1))
+            time.sleep(min(POLL_SECONDS * 4, remaining))
+        self._lease = lease
+        if self.refresh:
+            try:
+                storage.pull(self.folder)
+            except BaseException:
+                self._drop_lease()
+                raise
+
+    def _drop_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
     def _take(self, fd: int) -> None:
         deadline = time.monotonic() + self.wait
@@ -86,6 +122,14 @@ class FolderLock:
     def release(self) -> None:
         """Unlock and close; the file stays (see the module's note) with the last holder's details in it."""
         fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                self._drop_lease()
+            finally:
+                self._release_fd(fd)
+
+    @staticmethod
+    def _release_fd(fd: int) -> None:
         if fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -110,7 +154,7 @@ def model_folder_lock(workdir: Path, name: str) -> FolderLock:
     """The lock a trainer holds on one model's folder while it trains and writes it."""
     return FolderLock(workdir, f"training {name}", wait=MODEL_FOLDER_WAIT, label="model folder",
                       advice="another process is training this model into the same output folder; let it finish, "
-                             "or give this one another output_dir")
+                             "or give this one another output_dir", refresh=True)
 
 
 def holder_info(purpose: str) -> dict:

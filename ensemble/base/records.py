@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ensemble.base import storage
 from ensemble.base.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def writing(path: str | Path) -> Iterator[None]:
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None],
                  before_rename: Callable[[Path], None] | None = None) -> None:
     """``write(fh)`` into ``path.tmp``, ``before_rename(tmp)`` (say, its checksum), then rename it to ``path``; on
-    any failure the temporary file is removed and whatever ``path`` held before is left as it was."""
+    any failure the temporary file is removed and whatever ``path`` held before is left as it was. A path in a
+    mirror of object storage is then uploaded whole (:func:`ensemble.base.storage.push`)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -89,6 +91,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None],
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    storage.push(path)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

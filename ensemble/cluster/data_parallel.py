@@ -2,7 +2,8 @@
 
 Each worker runs the same :class:`~ensemble.training.trainer.Trainer` with ``shard=(rank, n)``: every worker draws
 the same epoch order and augments each global batch alike (their generators stay in step), then takes rows
-``rank::n`` of it; DistributedDataParallel averages the workers' gradients (gloo on CPUs, NCCL on GPUs), so a step is the step of
+``rank::n`` of it; DistributedDataParallel averages the workers' gradients (gloo on CPUs, NCCL on GPUs), so a
+step is the step of
 the global batch (``train.batch_size``) up to the last batch's uneven split. Rank 0 alone writes the model's folder:
 the same checkpoints, ``result.json``, ``model.pt`` and logits as any other model, so resume, reuse and the MLflow
 run work unchanged; a rerun after a kill resumes every worker from rank 0's newest checkpoint.
@@ -59,8 +60,11 @@ def _worker_loop(config: dict) -> None:
             sink(epoch_metrics(record), step=record["epoch"])
 
     device = ray.train.torch.get_device()
-    Trainer(config["spec"], splits, Path(config["workdir"]), config["fingerprint"], device,
-            shard=(rank, world)).fit(on_epoch)
+    trainer = Trainer(config["spec"], splits, Path(config["workdir"]), config["fingerprint"], device,
+                      shard=(rank, world))
+    trainer.placement = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                         "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": str(device)}  # rank 0's
+    trainer.fit(on_epoch)
 
 
 @ray.remote(num_cpus=0)
@@ -81,11 +85,11 @@ def fit_data_parallel(job, data: list, storage: str) -> TrainResult:
                            "fingerprint": job.fingerprint, "sink": job.sink, "num_cpus": res.num_cpus},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(name=f"{job.spec.name}-{job.fingerprint}", storage_path=storage,
-                             failure_config=FailureConfig(max_failures=2)),
+                             failure_config=FailureConfig(max_failures=res.max_restarts)),
     )
     trainer.fit()
     written = Trainer(job.spec, {}, job.workdir, job.fingerprint)
     result, summary = written.load_finished(), written.read_summary()
     result.reused, result.resumed_from_epoch = False, summary.get("resumed_from_epoch", 0)  # trained just now
-    result.placement = {"workers": res.workers, "pid": os.getpid()}
+    result.placement = {**result.placement, "workers": res.workers, "pid": os.getpid()}
     return result

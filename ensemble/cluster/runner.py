@@ -13,9 +13,11 @@ from typing import Callable
 import ray
 import torch
 
+from ensemble.base import storage
 from ensemble.base.errors import DistillError, ResourceError
 from ensemble.cluster.connect import connect_ray
 from ensemble.cluster.data_parallel import fit_data_parallel
+from ensemble.cluster.restarts import LOST, Supervised, check_max_restarts, is_lost
 from ensemble.data.registry import from_numpy, to_numpy
 from ensemble.data.split import Split
 from ensemble.training.packing import pack_groups, pack_trainer
@@ -27,6 +29,7 @@ class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     workers: int = 1  # data-parallel workers per model (ensemble.cluster.data_parallel), each with the above
+    max_restarts: int = 3  # ray.max_restarts: a model's actor started again after a lost node (cluster.restarts)
 
 
 def check_feasible(requests: dict[str, Resources]) -> None:
@@ -45,22 +48,25 @@ def check_feasible(requests: dict[str, Resources]) -> None:
 class TrainerActor:
     """Trains one model; threaded (``max_concurrency=2``) so the driver can poll progress during ``fit``."""
 
-    def __init__(self, num_threads: int, num_gpus: float):
+    def __init__(self, num_threads: int, num_gpus: float, restarts: int = 0):
         # Two actors each running torch with all cores' threads thrash: one thread per CPU granted.
         torch.set_num_threads(max(1, num_threads))
         self.device = resolve_device(num_gpus)
         self._raylet_pid = os.getppid()
+        self._restarts = restarts  # how many actors of this model were lost before this one (cluster.restarts)
         self._progress: dict = {"status": "starting"}
 
     def placement(self) -> dict:
         context = ray.get_runtime_context()
         return {
             "node_id": context.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
             "pid": os.getpid(),
+            "restarts": self._restarts,
         }
 
     def fit(self, spec: TrainSpec, data: dict, workdir: str, fingerprint: str, sink=None) -> TrainResult:
@@ -78,7 +84,10 @@ class TrainerActor:
             if sink is not None:
                 sink(epoch_metrics(record), step=record["epoch"])
 
-        result = Trainer(spec, splits, Path(workdir), fingerprint, self.device).fit(on_epoch)
+        # The folder's URI when it is in object storage: this node works in its own mirror of it.
+        trainer = Trainer(spec, splits, storage.localize(workdir), fingerprint, self.device)
+        trainer.placement = self.placement()  # written to result.json beside the scores
+        result = trainer.fit(on_epoch)
         self._place([result], started)
         return result
 
@@ -97,8 +106,9 @@ class TrainerActor:
             if sinks[m] is not None:
                 sinks[m](epoch_metrics(record), step=record["epoch"])
 
-        results = pack_trainer(specs, splits, [Path(w) for w in workdirs], fingerprints,
-                               self.device).fit_members(on_epoch)
+        trainer = pack_trainer(specs, splits, [storage.localize(w) for w in workdirs], fingerprints, self.device)
+        trainer.placement = self.placement()
+        results = trainer.fit_members(on_epoch)
         self._place(results, started)
         return results
 
@@ -132,13 +142,16 @@ def put_splits(splits: dict[str, Split]):
 
 
 def train_many(jobs: list[TrainJob], splits: dict[str, Split], show_progress: bool = True,
-               max_restarts: int = 2) -> list[TrainResult]:
-    """Train every job concurrently as resources allow; finished work on disk is reused without an actor."""
+               max_restarts: int | None = None) -> list[TrainResult]:
+    """Train every job concurrently as resources allow; finished work on disk is reused without an actor. A model
+    whose actor or node is lost starts again on a live node, at most ``max_restarts`` times (by default its
+    ``resources.max_restarts``), and resumes from its newest checkpoint (:mod:`ensemble.cluster.restarts`)."""
 
     data_ref = put_splits(splits)
     results: dict[int, TrainResult] = {}
     pending: dict = {}  # task -> the job indices it trains (several for a pack)
     actors: dict[int, ray.actor.ActorHandle] = {}
+    supervisors: dict = {}  # task -> the Supervised that restarts its actor when it is lost
     for group in pack_groups([job.spec for job in jobs]):
         finished = [Trainer(jobs[i].spec, splits, jobs[i].workdir, jobs[i].fingerprint).load_finished()
                     for i in group]
@@ -155,38 +168,65 @@ def train_many(jobs: list[TrainJob], splits: dict[str, Split], show_progress: bo
             job = replace(job, workdir=Path(job.workdir).resolve())
             pending[fit_data_parallel.remote(job, [data_ref], str(job.workdir.parent / ".ray_train"))] = group
             continue
-        actor = TrainerActor.options(
-            num_cpus=job.resources.num_cpus,
-            num_gpus=job.resources.num_gpus,
-            max_concurrency=2,
-            max_restarts=max_restarts,
-            max_task_retries=max_restarts,
-        ).remote(int(job.resources.num_cpus), job.resources.num_gpus)
-        actors.update({i: actor for i in group})
-        if job.spec.pack is None:
-            task = actor.fit.remote(job.spec, data_ref, str(job.workdir), job.fingerprint, job.sink)
-        else:
-            task = actor.fit_pack.remote([jobs[i].spec for i in group], data_ref, [str(jobs[i].workdir) for i in group],
-                                         [jobs[i].fingerprint for i in group], [jobs[i].sink for i in group])
-        pending[task] = group
-    _wait_for(pending, actors, results, ProgressView(jobs, results, enabled=show_progress))
+        members = ", ".join(jobs[i].spec.name for i in group)
+        name = job.spec.name if job.spec.pack is None else f"pack {job.spec.pack} ({members})"
+        watched = Supervised(name, job.resources.num_cpus, job.resources.num_gpus, check_max_restarts(
+            job.resources.max_restarts if max_restarts is None else max_restarts), _launcher(jobs, group, data_ref))
+        task = watched.start()
+        actors.update({i: watched.actor for i in group})
+        pending[task], supervisors[task] = group, watched
+    _wait_for(pending, actors, results, ProgressView(jobs, results, enabled=show_progress), supervisors)
     return [results[i] for i in range(len(jobs))]
 
 
-def _wait_for(pending: dict, actors: dict, results: dict, view: "ProgressView") -> None:
-    """Collect each task's results as it finishes, showing progress; kill every actor on the way out."""
+def _launcher(jobs: list[TrainJob], group: list[int], data_ref) -> Callable:
+    """How the actor of ``group`` (one model, or a pack) starts and its fit is sent: at first and after a loss."""
+    job = jobs[group[0]]
+
+    def launch(options: dict, restarts: int):
+        actor = TrainerActor.options(**options).remote(int(job.resources.num_cpus), job.resources.num_gpus, restarts)
+        if job.spec.pack is None:
+            return actor, actor.fit.remote(job.spec, data_ref, storage.portable(job.workdir), job.fingerprint,
+                                           job.sink)
+        return actor, actor.fit_pack.remote([jobs[i].spec for i in group], data_ref,
+                                            [storage.portable(jobs[i].workdir) for i in group],
+                                            [jobs[i].fingerprint for i in group], [jobs[i].sink for i in group])
+
+    return launch
+
+
+def _restarted(ref, err: BaseException, group: list[int], pending: dict, actors: dict, supervisors: dict) -> None:
+    """The lost actor's model started again on a live node; anything else (a data-parallel task's error) raised."""
+    watched = supervisors.pop(ref, None)
+    if watched is None or not is_lost(err):
+        raise err
+    task = watched.restart(err)
+    pending[task], supervisors[task] = group, watched
+    actors.update({i: watched.actor for i in group})
+
+
+def _wait_for(pending: dict, actors: dict, results: dict, view: "ProgressView", supervisors: dict) -> None:
+    """Collect each task's results as it finishes, showing progress, restarting lost actors; kill every actor on
+    the way out."""
     try:
         with view:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 for ref in done:
                     group = pending.pop(ref)
-                    outcome = _unwrap(ref)
+                    try:
+                        outcome = _unwrap(ref)
+                    except LOST as err:
+                        _restarted(ref, err, group, pending, actors, supervisors)
+                        continue
                     for i, result in zip(group, outcome if isinstance(outcome, list) else [outcome]):
                         results[i] = result
                         view.finish(i, result)
                     for actor in {id(a): a for a in (actors.pop(i, None) for i in group) if a}.values():
                         ray.kill(actor)
+                    supervisors.pop(ref, None)
+                for watched in supervisors.values():
+                    watched.check_hostable()
                 view.poll(actors)
     finally:
         for actor in {id(a): a for a in actors.values()}.values():

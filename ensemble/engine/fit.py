@@ -11,13 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ensemble.base import storage
 from ensemble.base.errors import ConfigError
 from ensemble.cluster.data_parallel import check_workers_fit
 from ensemble.cluster.runner import Resources, TrainJob, check_feasible, connect_ray, train_many
+from ensemble.cluster.visibility import check_shared_output
 from ensemble.data.split import Split
 from ensemble.models.registry import check_output_width
 from ensemble.schema.loading import unknown_keyword
-from ensemble.track.model_runs import link_reused, model_params, record_run, recorded_run
+from ensemble.track.model_runs import link_reused, model_params, placement_tags, record_run, recorded_run
 from ensemble.track.tracking import Tracker, dataset_inputs, flatten
 from ensemble.training.final_fit import cut_to_train, final_data_fingerprint, final_spec, train_and_val
 from ensemble.training.packing import check_packs, pack_groups, pack_trainer
@@ -35,6 +37,7 @@ class FitOptions:
     model reused from disk is linked from the parent to the run that trained it (:mod:`ensemble.track.model_runs`).
     parent_summary: each model's final scores go to the parent run too, as ``<name>_<score>`` (the Python API's).
     ray_address / ray_num_cpus / ray_num_gpus: the cluster to join, or the size of a local Ray.
+    max_restarts: how often a model's actor lost with its node may start again elsewhere (ensemble.cluster.restarts).
     """
 
     output_dir: str | Path = "runs/ensemble"
@@ -54,10 +57,11 @@ class FitOptions:
     workers_per_model: int = 1  # data-parallel Ray Train workers per model (ensemble.cluster.data_parallel)
     dataset_name: str = "data"  # how each run's datasets are named in MLflow (with the splits' digests and sizes)
     dataset_source: str = "python"
+    max_restarts: int = 3  # ray.max_restarts
 
     @property
     def resources(self) -> Resources:
-        return Resources(self.num_cpus, self.num_gpus, self.workers_per_model)
+        return Resources(self.num_cpus, self.num_gpus, self.workers_per_model, self.max_restarts)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -80,6 +84,7 @@ class Fitted:
     fingerprints: list[str] = field(default_factory=list)  # each model's folder hash, in spec order
 
 
+RECORDS = ["result.json", "mlflow.json", "model.pt", "model.pt.sha256", "logits.pt", "logits.pt.sha256"]
 TRACKING_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
 
 
@@ -153,14 +158,24 @@ def _fit_once(specs: list[TrainSpec], splits: dict[str, Split], data_fingerprint
         raise ConfigError("ensemble.pack and resources.workers_per_model > 1 exclude each other: pack small "
                           "members, or spread a large one over workers")
     jobs = []
+    root = storage.localize(options.output_dir)  # a storage URI (the API's output_dir=) works in its mirror
+    if options.workers_per_model > 1 and storage.locate(root) is not None:
+        raise ConfigError("resources.workers_per_model > 1 needs a local output_dir for now: Ray Train's workers do "
+                          "not write through the storage mirror yet")
     for spec in specs:
         fp = spec.fingerprint(data_fingerprint)
-        jobs.append(TrainJob(spec, Path(options.output_dir) / f"{spec.name}-{fp}", fp, options.resources))
+        jobs.append(TrainJob(spec, root / f"{spec.name}-{fp}", fp, options.resources))
+        # What this process reads of each model folder, as the store has it now (a no-op for a local folder).
+        storage.pull(jobs[-1].workdir, RECORDS)
     finished = [Trainer(job.spec, {}, job.workdir, job.fingerprint).is_finished() for job in jobs]
     if not all(finished) and not options.in_process:
         # Only unfinished work needs a cluster: a rerun of finished stages starts no Ray at all.
         connect_ray(options.ray_address, options.ray_num_cpus, options.ray_num_gpus)
         check_feasible({spec.name: options.resources for spec in specs})
+        # The path as the actors get it: as given, but absolute for data-parallel workers (train_many).
+        actor_dir = Path(options.output_dir).resolve() if options.workers_per_model > 1 else options.output_dir
+        # A folder in object storage (its URI, given for its mirror) needs no shared disk.
+        check_shared_output(storage.portable(root), actor_dir, options.num_cpus, options.num_gpus)
         if options.workers_per_model > 1:
 
             check_workers_fit(specs[0].name, options.workers_per_model, options.num_cpus, options.num_gpus)
@@ -255,7 +270,8 @@ class _Runs:
                 # Finished in an earlier invocation, or trained unseen: copy its curves so this run is complete.
                 for record in result.history:
                     tracker.log_metrics(run_id, epoch_metrics(record), step=record["epoch"])
-            tracker.set_tags(run_id, {"reused": result.reused, "resumed_from_epoch": result.resumed_from_epoch})
+            tracker.set_tags(run_id, {"reused": result.reused, "resumed_from_epoch": result.resumed_from_epoch,
+                                      **placement_tags(result.placement)})
             tracker.log_metrics(run_id, final_scores(result))
             tracker.end_run(run_id, "FINISHED")
             record_run(tracker, job.workdir, run_id)

@@ -141,6 +141,8 @@ class RayConfig(Section):
     address: NonEmpty | None = Field(None, description="cluster address; RAY_ADDRESS wins; none starts a local Ray")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a local Ray (default: all cores)")
     num_gpus: float | None = Field(None, ge=0, description="GPUs of a local Ray (default: detected)")
+    max_restarts: int = Field(3, ge=0, description="how often a model's actor lost with its node (or killed) is "
+                              "started again on another live node, resuming from its newest checkpoint")
 
 
 class TrackingConfig(Section):

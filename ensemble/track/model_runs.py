@@ -77,6 +77,16 @@ def link_reused(tracker: Tracker, parent_id: str | None, links: dict) -> None:
     tracker.set_tags(parent_id, tags)
 
 
+def placement_tags(placement: dict) -> dict:
+    """Where the model trained, as its run's tags: the actor's node id and IP, its GPU ids, and how many of its
+    actors were lost with their node before (``placement.*``; none when it trained in-process)."""
+    if not placement.get("node_id"):
+        return {}
+    return {"placement.node_id": placement["node_id"], "placement.node_ip": placement.get("node_ip") or "",
+            "placement.gpu_ids": ",".join(str(g) for g in placement.get("gpu_ids") or []),
+            "placement.restarts": placement.get("restarts", 0)}
+
+
 def model_params(factory: Callable[[], nn.Module]) -> dict:
     """What a run records about its model, whatever built it: the factory's qualified name, a SHA-256 of the built
     module's repr, and its parameter count. The global RNG is left as it was."""

@@ -87,9 +87,9 @@ class Member:
                 raise CheckpointError(
                     f"{self.workdir / 'logits.pt'}: stale teacher cache, {rows} rows of {split} logits for a "
                     f"{len(rows_of)}-example {split} split; delete the file and rerun to recompute it from model.pt")
-        return TrainResult(
-            self.spec.name, self.spec.role, state, logits, summary["history"], summary["metrics"], reused=True
-        )
+        placement = summary.get("placement")  # where it trained; absent from files written before it was recorded
+        return TrainResult(self.spec.name, self.spec.role, state, logits, summary["history"], summary["metrics"],
+                           reused=True, placement=placement if isinstance(placement, dict) else {})
 
     def checkpoint_at(self, epoch: int) -> dict | None:
         return load_verified(self.checkpoints.root / f"epoch_{epoch:04d}.pt")

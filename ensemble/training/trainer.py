@@ -93,6 +93,7 @@ class Trainer:
         self.device = torch.device(device)
         self.rank, self.world = shard
         self.writes = self.rank == 0
+        self.placement: dict = {}  # where it trains (an actor's node, GPUs): in result.json, never in its identity
 
     @classmethod
     def of_members(cls, spec: TrainSpec, data: dict[str, Split], members: list[Member], device="cpu") -> "Trainer":
@@ -352,14 +353,12 @@ class Trainer:
         if self.writes:
             save_verified(state, member.workdir / "model.pt")
             save_verified(logits, member.workdir / "logits.pt")
-            write_json(
-                member.workdir / "result.json",
-                {"name": member.spec.name, "role": member.spec.role, "fingerprint": member.fingerprint,
-                 "metrics": metrics, "history": history, "resumed_from_epoch": start_epoch},
-            )
-        return TrainResult(
-            member.spec.name, member.spec.role, state, logits, history, metrics, resumed_from_epoch=start_epoch
-        )
+            write_json(member.workdir / "result.json",
+                       {"name": member.spec.name, "role": member.spec.role, "fingerprint": member.fingerprint,
+                        "metrics": metrics, "history": history, "resumed_from_epoch": start_epoch,
+                        "placement": self.placement})
+        return TrainResult(member.spec.name, member.spec.role, state, logits, history, metrics,
+                           resumed_from_epoch=start_epoch, placement=dict(self.placement))
 
 
 DEVICE_DATA_SHARE = 0.5  # in-memory inputs move to the GPU when they take at most this share of its free memory
