@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ensemble.base import storage
 from ensemble.base.errors import ConfigError, DistillError
 from ensemble.base.records import write_text
 from ensemble.cluster.connect import connect_ray
@@ -158,6 +159,11 @@ def _silent_file_loggers() -> list:
 
 
 def run_sweep(config: Config, show_progress: bool = True) -> dict:
+    if storage.is_uri(config.output_dir):
+        # Tune's trials write their students where they run: on another node a mirror path is that node's own disk.
+        raise ConfigError(f"output_dir: {storage.redact(config.output_dir)}: distill sweep does not take a storage "
+                          "URI yet (its Ray Tune trials write to their own node's disk); give a folder every node "
+                          "shares (NFS), or run the stages with distill run")
     trials = check_grid(config)
     results, rows = orchestrate(config, "sweep", trial_teachers(config, trials), lambda t: _sweep(t, trials),
                                 show_progress, tags={"stage": "sweep", "trials": len(trials)})

@@ -52,10 +52,10 @@ def runs_of(uri: str, experiment: str = "distill"):
 
 
 @contextmanager
-def worker_cluster(workers: int = 2, system_config: dict | None = None):
+def worker_cluster(workers: int = 2, system_config: dict | None = None, node_env: list[dict] | None = None):
     """``ray.cluster_utils.Cluster``: a head with no CPUs (so every actor lands on a worker) and ``workers`` 1-CPU
     worker nodes, joined by this process; yields (cluster, worker nodes). ``system_config`` None keeps Ray's own
-    failure detection."""
+    failure detection; ``node_env[i]`` is worker i's environment variables (as another machine's would differ)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -63,7 +63,7 @@ def worker_cluster(workers: int = 2, system_config: dict | None = None):
         ray.shutdown()
     head = {"num_cpus": 0, **({"_system_config": system_config} if system_config else {})}
     cluster = Cluster(initialize_head=True, head_node_args=head)
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
+    nodes = [cluster.add_node(num_cpus=1, **({"env_vars": node_env[i]} if node_env else {})) for i in range(workers)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     try:

@@ -60,6 +60,9 @@ def _written_models(folder: Path) -> list[Path]:
     return [*folder.rglob("checkpoints"), *folder.rglob("model.pt"), *folder.rglob("result.json")]
 
 
+# A real `ray start` head and worker and a submitted job: about 80 s here. The mechanism is tested in CI on
+# ray.cluster_utils below (a node whose working-directory copy differs); this runs it end to end.
+@pytest.mark.slow
 def test_a_job_with_a_relative_output_dir_is_refused_naming_the_node(two_nodes, tmp_path, monkeypatch):
     dashboard, head_dir, node_dir = two_nodes
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the head answers 401 without the token of ~/.ray/auth_token
