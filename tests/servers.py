@@ -48,22 +48,28 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None
 
 
 @contextmanager
-def mlflow_server(root: Path):
-    """``mlflow server`` with a SQLite backend and artifacts in ``root``, on 127.0.0.1 and a free port."""
-    port = free_port()
-    log = open(root / "mlflow-server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+def _serving(args: list[str], log_path: Path, port: int, ready: str, timeout: float = 90.0, env: dict | None = None):
+    """``python -m ARGS`` in a session of its own, logging to ``log_path``, until ``http://127.0.0.1:PORT{ready}``
+    answers; stopped by its process group at the end."""
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True, env=env)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process=process)
-        yield f"http://127.0.0.1:{port}"
+        wait_for_http(f"http://127.0.0.1:{port}{ready}", timeout=timeout, process=process)
+        yield
     finally:
         stop_process_group(process)
         log.close()
+
+
+@contextmanager
+def mlflow_server(root: Path):
+    """``mlflow server`` with a SQLite backend and artifacts in ``root``, on 127.0.0.1 and a free port."""
+    port = free_port()
+    with _serving(["mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                   "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination",
+                   str(root / "artifacts"), "--workers", "1"], root / "mlflow-server.log", port, "/health"):
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager
@@ -71,21 +77,12 @@ def model_server(model_uri: str, tracking_uri: str, root: Path):
     """``mlflow models serve`` for ``model_uri`` (resolved in ``tracking_uri``'s registry) with the local
     environment, on 127.0.0.1 and a free port; yields its base URL."""
     port = free_port()
-    log = open(root / "model-server.log", "w")
     # MLflow runs `uvicorn` by name: the interpreter's own bin folder first, as with an activated environment.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri, "PATH": path}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=120, process=process)
+    with _serving(["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1",
+                   "--port", str(port), "--workers", "1"], root / "model-server.log", port, "/ping", 120, env):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process_group(process)
-        log.close()
 
 
 def _pids_mentioning(marker: str) -> list[int]:
@@ -232,12 +229,6 @@ def moto_server(root: Path):
     """moto's standalone S3 (``python -m moto.server``) on 127.0.0.1 and a free port; yields its endpoint
     ``127.0.0.1:PORT``. Clients need credentials (any: ``testing``) in their own environment or URI."""
     port = free_port()
-    log = open(root / "moto-server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/moto-api/", timeout=60, process=process)
+    with _serving(["moto.server", "-H", "127.0.0.1", "-p", str(port)], root / "moto-server.log", port,
+                  "/moto-api/", 60):
         yield f"127.0.0.1:{port}"
-    finally:
-        stop_process_group(process)
-        log.close()
